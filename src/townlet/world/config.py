@@ -1,0 +1,332 @@
+"""Validated world configuration: every rule and number of a level lives in YAML and passes through here."""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+METER_NAMES: tuple[str, ...] = (
+    "energy",
+    "hygiene",
+    "satiation",
+    "money",
+    "mood",
+    "social",
+    "health",
+    "fitness",
+)
+MeterName = Literal["energy", "hygiene", "satiation", "money", "mood", "social", "health", "fitness"]
+REWARD_MODES: tuple[str, ...] = ("milestone", "survival", "shaped")
+RewardMode = Literal["milestone", "survival", "shaped"]
+LEVEL_NAMES: tuple[str, ...] = (
+    "L0_minimal",
+    "L1_full",
+    "L2_partial",
+    "L2_partial_fixed",
+    "L3_temporal",
+    "L3_temporal_fixed",
+)
+
+
+class ConfigError(ValueError):
+    """A configuration file or value that cannot be used; the message names the file and field."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class MeterConfig(_Strict):
+    start: float = Field(ge=0.0, le=1.0)
+    drain: float = Field(default=0.0, ge=0.0, le=1.0)
+    terminal: bool = False
+
+
+class ModulationConfig(_Strict):
+    """Target drains `base * (offset + scale * (1 - source))` per tick (health from fitness by default)."""
+
+    source: MeterName = "fitness"
+    target: MeterName = "health"
+    base: float = Field(default=0.001, ge=0.0, le=1.0)
+    offset: float = Field(default=0.5, ge=0.0)
+    scale: float = Field(default=2.5, ge=0.0)
+
+
+class CascadeConfig(_Strict):
+    """While `source < threshold`, `target` loses `strength * (threshold - source) / threshold` per tick."""
+
+    source: MeterName
+    target: MeterName
+    threshold: float = Field(default=0.3, gt=0.0, le=1.0)
+    strength: float = Field(ge=0.0, le=1.0)
+
+
+class AffordanceConfig(_Strict):
+    """A place to INTERACT with. `cost` and a `money` effect are in dollars; other effects in meter units."""
+
+    name: str = Field(min_length=1)
+    position: tuple[int, int] | None = None
+    cost: float = Field(default=0.0, ge=0.0)
+    effects: dict[MeterName, float] = Field(default_factory=dict)
+    hours: tuple[int, int] | None = None
+    ticks: int = Field(default=1, ge=1, le=100)
+
+
+class ObservationConfig(_Strict):
+    view: Literal["full", "partial"] = "full"
+    vision_range: int = Field(default=2, ge=1, le=10)
+    window_encoding: Literal["presence", "types"] = "types"
+
+
+class TemporalConfig(_Strict):
+    """Day/night clock: opening hours and multi-tick uses (the L3 rules)."""
+
+    day_length: int = Field(default=24, ge=2, le=1000)
+    start_hour: int = Field(default=6, ge=0)
+    completion_bonus: float = Field(default=0.25, ge=0.0, le=1.0)
+
+
+class MilestoneReward(_Strict):
+    every: int = Field(default=10, ge=1)
+    bonus: float = 0.5
+    big_every: int = Field(default=100, ge=1)
+    big_bonus: float = 5.0
+    death: float = -100.0
+
+
+class SurvivalReward(_Strict):
+    per_tick: float = 0.01
+    death: float = -1.0
+
+
+class ShapedReward(_Strict):
+    """`survival` plus `weight * min(energy, health)` per tick alive."""
+
+    weight: float = 0.01
+
+
+class RewardConfig(_Strict):
+    mode: RewardMode = "milestone"
+    milestone: MilestoneReward = MilestoneReward()
+    survival: SurvivalReward = SurvivalReward()
+    shaped: ShapedReward = ShapedReward()
+
+
+class LevelConfig(_Strict):
+    """One level of the world. Defaults are the spec's numbers; a level YAML overrides what it changes."""
+
+    name: str = Field(min_length=1)
+    description: str = ""
+    grid_size: int = Field(default=8, ge=2, le=64)
+    max_steps: int = Field(default=500, ge=1)
+    layout: Literal["fixed", "random"] = "fixed"
+    layout_pool: int = Field(default=16384, ge=1, le=1_000_000)
+    observation: ObservationConfig = ObservationConfig()
+    temporal: TemporalConfig | None = None
+    rewards: RewardConfig = RewardConfig()
+    money_scale: float = Field(default=100.0, gt=0.0)
+    meters: dict[MeterName, MeterConfig]
+    move_cost: dict[MeterName, float] = Field(default_factory=dict)
+    modulation: ModulationConfig = ModulationConfig()
+    cascades: list[CascadeConfig] = Field(default_factory=list)
+    affordances: list[AffordanceConfig] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> LevelConfig:
+        missing = [m for m in METER_NAMES if m not in self.meters]
+        if missing:
+            raise ValueError(f"meters: missing {missing}; all of {list(METER_NAMES)} are required")
+        if not any(m.terminal for m in self.meters.values()):
+            raise ValueError("meters: at least one meter must be terminal (episodes could never end early)")
+        names = [a.name for a in self.affordances]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"affordances: duplicate names {dup}")
+        if len(self.affordances) > self.grid_size**2:
+            raise ValueError(
+                f"affordances: {len(self.affordances)} do not fit on a {self.grid_size}x{self.grid_size} grid"
+            )
+        for i, aff in enumerate(self.affordances):
+            where = f"affordances.{i}.{aff.name}"
+            if aff.position is not None:
+                x, y = aff.position
+                if not (0 <= x < self.grid_size and 0 <= y < self.grid_size):
+                    raise ValueError(
+                        f"{where}.position: {aff.position} is off the grid; x and y must be in "
+                        f"[0, {self.grid_size - 1}]"
+                    )
+            elif self.layout == "fixed":
+                raise ValueError(f"{where}.position: required when layout is 'fixed'")
+            if aff.hours is not None:
+                day = self.temporal.day_length if self.temporal else 24
+                if not all(0 <= h <= day for h in aff.hours):
+                    raise ValueError(f"{where}.hours: {aff.hours} must be hours in [0, {day}]")
+        if self.layout == "fixed":
+            cells = [a.position for a in self.affordances]
+            clash = sorted({c for c in cells if cells.count(c) > 1})
+            if clash:
+                raise ValueError(f"affordances: two affordances share the cell(s) {clash}")
+        if self.temporal is not None and self.temporal.start_hour >= self.temporal.day_length:
+            raise ValueError(
+                f"temporal.start_hour: {self.temporal.start_hour} must be < day_length "
+                f"{self.temporal.day_length}"
+            )
+        if self.observation.view == "partial" and 2 * self.observation.vision_range + 1 > 4 * self.grid_size:
+            raise ValueError("observation.vision_range: far larger than the grid")
+        return self
+
+    @property
+    def num_affordances(self) -> int:
+        return len(self.affordances)
+
+    @property
+    def affordance_names(self) -> list[str]:
+        return [a.name for a in self.affordances]
+
+    @property
+    def is_temporal(self) -> bool:
+        return self.temporal is not None
+
+
+def _allowed_fields(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str] | None:
+    """Walk `loc` through nested pydantic models to list the field names allowed where an extra key was."""
+    current: Any = model
+    for part in loc[:-1]:
+        if isinstance(part, int) or current is None:
+            continue
+        if isinstance(current, type) and issubclass(current, BaseModel):
+            field = current.model_fields.get(str(part))
+            if field is None:
+                return None
+            current = _model_in(field.annotation)
+    if isinstance(current, type) and issubclass(current, BaseModel):
+        return list(current.model_fields)
+    return None
+
+
+def _model_in(annotation: Any) -> Any:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()) or ():
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def format_validation_error(source: str, err: ValidationError, model: type[BaseModel]) -> str:
+    """One line per problem: file, dotted field path, what was wrong and what is allowed."""
+    lines = [f"{source}: invalid {model.__name__} ({err.error_count()} problem(s))"]
+    for e in err.errors():
+        loc = tuple(e["loc"])
+        field = ".".join(str(p) for p in loc) or "<top level>"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            allowed = _allowed_fields(model, loc)
+            msg = "unknown field" + (f"; allowed fields: {', '.join(allowed)}" if allowed else "")
+        got = e.get("input")
+        shown = "" if e["type"] in ("extra_forbidden", "missing") else f" (got {got!r})"
+        lines.append(f"  {field}: {msg}{shown}")
+    return "\n".join(lines)
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    """Read a YAML mapping, with errors that name the file."""
+    try:
+        text = Path(path).read_text()
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read: {e.strerror}") from e
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: malformed YAML: {e}") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of fields at the top level, got {type(data).__name__}")
+    return data
+
+
+def level_from_dict(data: dict[str, Any], source: str = "<dict>") -> LevelConfig:
+    try:
+        return LevelConfig.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(format_validation_error(source, e, LevelConfig)) from None
+
+
+def level_path(name: str) -> Path:
+    """Path of a packaged level YAML."""
+    return Path(str(resources.files("townlet.world") / "levels" / f"{name}.yaml"))
+
+
+def _resolve_level_path(name_or_path: str | Path, relative_to: Path | None = None) -> Path:
+    text = str(name_or_path)
+    if text in LEVEL_NAMES:
+        return level_path(text)
+    path = Path(text)
+    if relative_to is not None and not path.is_absolute():
+        path = relative_to / path
+    if not path.exists():
+        raise ConfigError(
+            f"{text}: no such level file, and not a packaged level; packaged levels: {', '.join(LEVEL_NAMES)}"
+        )
+    return path
+
+
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """`override` on top of `base`: mappings merge key by key, everything else (lists too) is replaced."""
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _read_level_data(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A level's mapping with its `extends:` chain (a packaged name or a path relative to the file) applied."""
+    if path.resolve() in seen:
+        raise ConfigError(f"{path}: extends: cycle through {[str(p) for p in seen]}")
+    data = read_yaml(path)
+    parent = data.pop("extends", None)
+    if parent is None:
+        return data
+    if not isinstance(parent, str):
+        raise ConfigError(f"{path}: extends: must be a packaged level name or a file path, got {parent!r}")
+    base = _read_level_data(_resolve_level_path(parent, path.parent), (*seen, path.resolve()))
+    return deep_merge(base, data)
+
+
+def load_level(name_or_path: str | Path) -> LevelConfig:
+    """A packaged level by name (`L1_full`) or any level YAML file by path (which may `extends:` another)."""
+    path = _resolve_level_path(name_or_path)
+    return level_from_dict(_read_level_data(path), str(path))
+
+
+def hour_is_open(hours: tuple[int, int] | None, hour: int) -> bool:
+    """`a <= hour < b`, wrapping past midnight when a > b; None means always open."""
+    if hours is None:
+        return True
+    a, b = hours
+    if a == b:
+        return True
+    return a <= hour < b if a < b else (hour >= a or hour < b)
+
+
+__all__ = [
+    "LEVEL_NAMES",
+    "METER_NAMES",
+    "REWARD_MODES",
+    "AffordanceConfig",
+    "CascadeConfig",
+    "ConfigError",
+    "LevelConfig",
+    "MeterConfig",
+    "ObservationConfig",
+    "TemporalConfig",
+    "hour_is_open",
+    "load_level",
+]
