@@ -275,8 +275,9 @@ class World:
         on a cell drawn from its own stream. `seed` restarts all streams (same seed, same trajectories).
         """
         if seed is not None:
-            self.seed = seed
-            self._build_layouts()
+            if seed != self.seed:
+                self.seed = seed
+                self._build_layouts()
             self.episode.fill_(-1)
         everyone = torch.ones(self.num_agents, dtype=torch.bool, device=self.device)
         self._begin_episodes(everyone)

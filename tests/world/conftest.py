@@ -1,0 +1,44 @@
+"""Helpers to put agents in hand-chosen states."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from townlet.world import World, load_level
+
+# Spec order: energy, hygiene, satiation, money, mood, social, health, fitness
+E, HY, SA, MO, MD, SO, H, FI = range(8)
+
+
+def make_world(level: str = "L1_full", n: int = 1, seed: int = 0, **overrides: object) -> World:
+    config = load_level(level)
+    if overrides:
+        config = config.model_copy(update=overrides)
+    return World(config, n, seed=seed)
+
+
+def place(
+    world: World,
+    xy: list[tuple[int, int]] | tuple[int, int],
+    meters: list[float] | list[list[float]] | None = None,
+    hour: int | None = None,
+) -> None:
+    """Put every agent at `xy` (one pair, or one per agent) with `meters` (one row, or one per agent)."""
+    n = world.num_agents
+    pos = torch.tensor(xy, dtype=torch.long)
+    world.positions = pos.expand(n, 2).clone() if pos.dim() == 1 else pos.clone()
+    if meters is not None:
+        m = torch.tensor(meters, dtype=torch.float32)
+        world.meters = m.expand(n, 8).clone() if m.dim() == 1 else m.clone()
+    if hour is not None:
+        world.hour = torch.full((n,), hour, dtype=torch.long)
+
+
+def act(world: World, *actions: int):
+    return world.step(torch.tensor(actions if len(actions) == world.num_agents else actions * world.num_agents))
+
+
+@pytest.fixture
+def l1() -> World:
+    return make_world("L1_full")
