@@ -215,7 +215,7 @@ class World:
                 # channel per cell: affordance id, `a` for outside, `a + 1` for empty (written as 0)
                 chan = torch.where(padded >= 0, padded, torch.where(padded == -2, a, a + 1))
                 self._pool_window = chan.to(torch.int16).to(self.device)
-                self._channel_ids = torch.arange(a + 1, dtype=torch.int16, device=self.device).view(1, -1, 1)
+                self._window_cells = torch.arange(w * w, device=self.device).view(1, -1)
         self._cell_ids = torch.arange(g * g, device=self.device).view(1, -1)
         self._here_ids = torch.arange(a + 1, device=self.device).view(1, -1)
 
@@ -458,8 +458,12 @@ class World:
             cells = self._pool_window.view(-1)[base + self._win_offsets]  # [N, W*W]
             if lay.window_channels == 1:
                 parts.append(cells)
-            else:  # channel-major one-hot: [N, C, W*W]
-                parts.append((cells.view(-1, 1, cells.shape[1]) == self._channel_ids).flatten(1).float())
+            else:  # channel-major one-hot [N, C, W*W]; an empty cell writes 0 into its own outside slot
+                chan = cells.long()
+                area = cells.shape[1]
+                index = chan.clamp(max=lay.window_channels - 1) * area + self._window_cells
+                window = torch.zeros(cells.shape[0], lay.window_channels * area, device=cells.device)
+                parts.append(window.scatter_(1, index, (chan < lay.window_channels).float()))
             parts.append(positions.float() / (g - 1))
         else:
             parts.append(((y * g + x).view(-1, 1) == self._cell_ids).float())
