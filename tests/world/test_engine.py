@@ -174,3 +174,21 @@ def test_compiled_world_matches_eager():
         torch.testing.assert_close(a[4]["final_obs"], b[4]["final_obs"], atol=1e-6, rtol=0)
         assert torch.equal(a[4]["cause"], b[4]["cause"])
     torch.testing.assert_close(eager.meters, compiled.meters, atol=1e-6, rtol=0)
+
+
+def test_state_dict_round_trip_continues_exactly():
+    a = World("L3_temporal", 8, seed=4)
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(30):
+        a.step(random_valid(a, gen))
+    b = World("L3_temporal", 8, seed=9)
+    b.load_state_dict(a.state_dict())
+    for _ in range(60):
+        actions = random_valid(a, gen)
+        oa, ra, *_ = a.step(actions)
+        ob, rb, *_ = b.step(actions)
+        assert torch.equal(oa, ob) and torch.equal(ra, rb)
+    bad = a.state_dict()
+    bad["meters"] = bad["meters"][:2]
+    with pytest.raises(ValueError, match="meters"):
+        b.load_state_dict(bad)

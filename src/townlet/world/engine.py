@@ -290,6 +290,26 @@ class World:
             self.positions.copy_(pos)
         return self.observe()
 
+    _STATE_FIELDS = (
+        "positions", "meters", "steps", "hour", "progress", "layout_id", "episode", "episode_return",
+        "depletion", "reward_mode",
+    )
+
+    def state_dict(self) -> dict[str, torch.Tensor | int]:
+        """Everything that evolves: restoring it (same config) continues every episode exactly."""
+        return {"seed": self.seed, **{name: getattr(self, name).clone() for name in self._STATE_FIELDS}}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor | int]) -> None:
+        if int(state["seed"]) != self.seed:
+            self.seed = int(state["seed"])
+            self._build_layouts()
+        for name in self._STATE_FIELDS:
+            value = state[name]
+            current = getattr(self, name)
+            if not isinstance(value, torch.Tensor) or value.shape != current.shape or value.dtype != current.dtype:
+                raise ValueError(f"world state {name!r}: expected {current.dtype} {list(current.shape)}")
+            setattr(self, name, value.to(self.device).clone())
+
     def action_mask(self) -> torch.Tensor:
         """[N, 5] bool: which actions are allowed now (moves that stay on the grid, INTERACT that applies)."""
         return self._mask(self.positions, self.meters, self.hour, self.layout_id)

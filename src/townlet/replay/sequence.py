@@ -1,0 +1,333 @@
+"""R2D2-style sequence replay: fixed-length overlapping sequences with stored recurrent start states.
+
+Storage is a time-major ring `[rows, num_envs]` (one `add` = one row = one step of every agent). Each agent's
+column is cut into sequences of T = burn_in + train_len steps (T + 1 observations) starting every `stride`
+rows, so a sequence is addressed by its global number k (start step k * stride) and agent; its slot in the
+ring is k % num_slots. All bookkeeping of which sequences are complete or overwritten is host-side integer
+arithmetic on the step count, so `add`, `sample` and `len` never wait for the device.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from townlet.replay.compact import CompactObs, action_dtype, check, check_sample_args, nbytes
+from townlet.world.observation import ObsLayout
+
+_MAX_CATEGORIES = 2**24  # torch.multinomial draws from at most this many categories
+
+
+@dataclass
+class SequenceBatch:
+    """A batch of stored sequences, T = burn_in + train_len steps each.
+
+    obs[:, t + 1] is the observation after step t; after the first episode end inside a sequence (step e),
+    obs[:, e + 1] / masks[:, e + 1] are that episode's final obs / mask and later entries are don't-care
+    (`valid` is False there). `terminated` and `truncated` are exclusive: a step that is both is terminated.
+    """
+
+    obs: Tensor  # [B, T + 1, D] float32
+    masks: Tensor  # [B, T + 1, A] bool
+    actions: Tensor  # [B, T] int64
+    rewards: Tensor  # [B, T] float32
+    terminated: Tensor  # [B, T] bool
+    truncated: Tensor  # [B, T] bool
+    valid: Tensor  # [B, T] bool, True up to and including the first terminated/truncated step
+    h0: Tensor  # [num_layers, B, hidden] stored LSTM state before obs[:, 0]
+    c0: Tensor  # [num_layers, B, hidden]
+    weights: Tensor  # [B] float32 importance weights, max 1 (ones when uniform)
+    indices: Tensor  # [B] int64 sequence ids (k * num_envs + env) for update_priorities / update_states
+
+
+class SequenceReplay:
+    """Preallocated ring of agent streams, sampled as sequences with optional R2D2 prioritisation.
+
+    `capacity` counts stored steps (agent-steps, like TransitionReplay); the ring keeps
+    `capacity // num_envs` rows rounded down to a multiple of `stride`, which must hold at least one
+    sequence (burn_in + train_len + 1 rows). A sequence is sampleable once all its T + 1 rows are written
+    (a sequence ending an episode early waits too), and stops being sampleable the moment its start row is
+    overwritten, so a sample never contains data from two laps of the ring.
+
+    Dense `final_obs`/`final_mask` rings (as compact as the obs ring) hold each episode's true last
+    observation, which is substituted after an episode end so a truncated step can bootstrap from it.
+    """
+
+    def __init__(
+        self,
+        capacity: int,
+        num_envs: int,
+        obs: ObsLayout | int,
+        *,
+        num_actions: int = 5,
+        burn_in: int,
+        train_len: int,
+        stride: int | None = None,
+        lstm_layers: int = 1,
+        hidden_size: int,
+        device: str | torch.device = "cpu",
+        prioritized: bool = False,
+        priority_eta: float = 0.9,
+        priority_alpha: float = 0.6,
+        importance_beta: float = 0.4,
+        priority_eps: float = 1e-6,
+    ) -> None:
+        stride = train_len if stride is None else stride
+        for name, value, low in [
+            ("num_envs", num_envs, 1),
+            ("num_actions", num_actions, 1),
+            ("burn_in", burn_in, 0),
+            ("train_len", train_len, 1),
+            ("stride", stride, 1),
+            ("lstm_layers", lstm_layers, 1),
+            ("hidden_size", hidden_size, 1),
+        ]:
+            if value < low:
+                raise ValueError(f"{name}: expected >= {low}, got {value}")
+        if not 0.0 <= priority_eta <= 1.0:
+            raise ValueError(f"priority_eta: expected a value in [0, 1], got {priority_eta}")
+        if priority_alpha < 0 or importance_beta < 0 or priority_eps <= 0:
+            raise ValueError("priority_alpha and importance_beta must be >= 0 and priority_eps > 0")
+        self.burn_in, self.train_len, self.stride = burn_in, train_len, stride
+        self.steps_per_sequence = burn_in + train_len
+        self.sequence_length = self.steps_per_sequence + 1  # observations per sequence
+        rows = capacity // num_envs // stride * stride
+        if rows < self.sequence_length:
+            raise ValueError(
+                f"capacity: {capacity} gives {rows} rows of {num_envs} agents (rounded to a multiple of "
+                f"stride={stride}); need at least burn_in + train_len + 1 = {self.sequence_length}"
+            )
+        if prioritized and rows // stride * num_envs > _MAX_CATEGORIES:
+            raise ValueError(
+                f"capacity: {rows // stride * num_envs} sequence slots exceed torch.multinomial's limit of "
+                f"{_MAX_CATEGORIES} for prioritized sampling; use a larger stride or a smaller capacity"
+            )
+        self.device = dev = torch.device(device)
+        self.num_envs, self.num_actions = num_envs, num_actions
+        self.lstm_layers, self.hidden_size = lstm_layers, hidden_size
+        self.rows, self.num_slots = rows, rows // stride
+        self.capacity = rows * num_envs
+        self.obs_dim = obs.dim if isinstance(obs, ObsLayout) else obs
+        self.prioritized = prioritized
+        self.priority_eta, self.priority_alpha = priority_eta, priority_alpha
+        self.importance_beta, self.priority_eps = importance_beta, priority_eps
+
+        self._obs = CompactObs(rows, num_envs, obs, dev)
+        self._final_obs = CompactObs(rows, num_envs, obs, dev)
+        self._mask = torch.zeros(rows, num_envs, num_actions, dtype=torch.bool, device=dev)
+        self._final_mask = torch.zeros(rows, num_envs, num_actions, dtype=torch.bool, device=dev)
+        self._actions = torch.zeros(rows, num_envs, dtype=action_dtype(num_actions), device=dev)
+        self._rewards = torch.zeros(rows, num_envs, dtype=torch.float32, device=dev)
+        self._terminated = torch.zeros(rows, num_envs, dtype=torch.bool, device=dev)
+        self._truncated = torch.zeros(rows, num_envs, dtype=torch.bool, device=dev)
+        state_shape = (lstm_layers, self.num_slots, num_envs, hidden_size)
+        self._h = torch.zeros(state_shape, dtype=torch.float32, device=dev)
+        self._c = torch.zeros(state_shape, dtype=torch.float32, device=dev)
+        self._steps = torch.arange(self.sequence_length, device=dev)
+        # sampling weight p ** alpha per slot (0: incomplete or overwritten); max raw priority for new ones
+        self._weight = torch.zeros(self.num_slots if prioritized else 0, num_envs, device=dev)
+        self._max_priority = torch.ones((), device=dev)
+        self._total = 0  # steps ever added
+
+    # ------------------------------------------------------------------ bookkeeping (host integers)
+    def _live_range(self) -> tuple[int, int]:
+        """Global sequence numbers [lo, hi) whose T + 1 rows are all written and none overwritten."""
+        oldest = max(0, self._total - self.rows)
+        lo = -(-oldest // self.stride)
+        newest_start = self._total - self.sequence_length  # last start whose final row is written
+        hi = newest_start // self.stride + 1 if newest_start >= 0 else 0
+        return lo, max(lo, hi)
+
+    def __len__(self) -> int:
+        lo, hi = self._live_range()
+        return (hi - lo) * self.num_envs
+
+    @property
+    def _tensors(self) -> list[Tensor]:
+        return [
+            *self._obs.tensors,
+            *self._final_obs.tensors,
+            self._mask,
+            self._final_mask,
+            self._actions,
+            self._rewards,
+            self._terminated,
+            self._truncated,
+            self._h,
+            self._c,
+            self._steps,
+            self._weight,
+            self._max_priority,
+        ]
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of all preallocated tensors, including the dense compact final-obs ring and start states."""
+        return nbytes(self._tensors)
+
+    # ------------------------------------------------------------------ writing
+    def add(
+        self,
+        obs: Tensor,
+        mask: Tensor,
+        actions: Tensor,
+        rewards: Tensor,
+        terminated: Tensor,
+        truncated: Tensor,
+        final_obs: Tensor,
+        final_mask: Tensor,
+        h: Tensor,
+        c: Tensor,
+    ) -> None:
+        """Store one step of all agents.
+
+        obs/mask: what the agents acted on; h, c [layers, N, hidden]: the rollout LSTM state before consuming
+        obs (zeros at an episode start), kept only at sequence-start rows. final_obs/final_mask are read only
+        where terminated | truncated.
+        """
+        n, d, a = self.num_envs, self.obs_dim, self.num_actions
+        state = (self.lstm_layers, n, self.hidden_size)
+        check("obs", obs, (n, d), "float")
+        check("mask", mask, (n, a), "bool")
+        check("actions", actions, (n,), "int")
+        check("rewards", rewards, (n,), "float")
+        check("terminated", terminated, (n,), "bool")
+        check("truncated", truncated, (n,), "bool")
+        check("final_obs", final_obs, (n, d), "float")
+        check("final_mask", final_mask, (n, a), "bool")
+        check("h", h, state, "float", what=" [lstm_layers, num_envs, hidden_size]")
+        check("c", c, state, "float", what=" [lstm_layers, num_envs, hidden_size]")
+        g = self._total
+        row = g % self.rows
+        if g % self.stride == 0:  # a sequence starts here: it replaces (invalidates) the slot's old one
+            slot = g // self.stride % self.num_slots
+            self._h[:, slot].copy_(h)
+            self._c[:, slot].copy_(c)
+            if self.prioritized:
+                self._weight[slot].zero_()
+        self._obs.write(row, obs)
+        self._final_obs.write(row, final_obs)
+        self._mask[row].copy_(mask)
+        self._final_mask[row].copy_(final_mask)
+        self._actions[row].copy_(actions)
+        self._rewards[row].copy_(rewards)
+        self._terminated[row].copy_(terminated)
+        self._truncated[row].copy_(truncated)
+        self._total = g + 1
+        start = g + 1 - self.sequence_length  # the sequence whose last row this was is now complete
+        if self.prioritized and start >= 0 and start % self.stride == 0:
+            slot = start // self.stride % self.num_slots
+            self._weight[slot].copy_(self._max_priority.pow(self.priority_alpha).expand(n))
+
+    # ------------------------------------------------------------------ sampling
+    def sample(self, batch_size: int, generator: torch.Generator | None = None) -> SequenceBatch:
+        """Sample sequences with replacement: uniformly, or proportional to priority ** alpha.
+
+        `generator` must live on `device`.
+        """
+        available = len(self)
+        check_sample_args(batch_size, available, "SequenceReplay")
+        lo, _ = self._live_range()
+        n_env, dev = self.num_envs, self.device
+        if self.prioritized:
+            weight = self._weight.view(-1)  # slot-major: flat = slot * num_envs + env
+            drawn = torch.multinomial(weight, batch_size, replacement=True, generator=generator)
+            slot, env = drawn // n_env, drawn % n_env
+            weights = (available * weight[drawn] / weight.sum()).pow(-self.importance_beta)
+            weights = weights / weights.max()
+            k = (slot - lo).remainder(self.num_slots) + lo
+        else:
+            u = torch.randint(available, (batch_size,), generator=generator, device=dev)
+            k, env = u // n_env + lo, u % n_env
+            slot = k % self.num_slots
+            weights = torch.ones(batch_size, dtype=torch.float32, device=dev)
+        rows = (slot.unsqueeze(1) * self.stride + self._steps) % self.rows  # [B, T + 1]
+        flat = rows * n_env + env.unsqueeze(1)
+        steps = flat[:, :-1]
+        obs = self._obs.gather(flat)
+        masks = self._mask.view(-1, self.num_actions)[flat]
+        terminated = self._terminated.view(-1)[steps]
+        truncated = self._truncated.view(-1)[steps]
+        done = terminated | truncated
+        valid = done.cumsum(1) - done.long() == 0  # no episode end strictly before the step
+        first_end = done & valid
+        has_end = first_end.any(1)
+        end = first_end.byte().argmax(1)  # step of the first end (0 where none, then unused)
+        end_flat = steps.gather(1, end.unsqueeze(1)).squeeze(1)
+        batch = torch.arange(batch_size, device=dev)
+        after = end + 1
+        final_obs = self._final_obs.gather(end_flat)
+        obs[batch, after] = torch.where(has_end.unsqueeze(1), final_obs, obs[batch, after])
+        final_mask = self._final_mask.view(-1, self.num_actions)[end_flat]
+        masks[batch, after] = torch.where(has_end.unsqueeze(1), final_mask, masks[batch, after])
+        return SequenceBatch(
+            obs=obs,
+            masks=masks,
+            actions=self._actions.view(-1)[steps].long(),
+            rewards=self._rewards.view(-1)[steps],
+            terminated=terminated,
+            truncated=truncated & ~terminated,
+            valid=valid,
+            h0=self._h[:, slot, env],
+            c0=self._c[:, slot, env],
+            weights=weights,
+            indices=k * n_env + env,
+        )
+
+    # ------------------------------------------------------------------ write-back
+    def _locate(self, indices: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(slot, env, live) of sequence ids; `live` is False for sequences overwritten since sampling."""
+        lo, hi = self._live_range()
+        k, env = indices // self.num_envs, indices % self.num_envs
+        return k % self.num_slots, env, (k >= lo) & (k < hi)
+
+    def update_priorities(self, indices: Tensor, td_abs: Tensor, valid: Tensor) -> None:
+        """R2D2 priority eta * max + (1 - eta) * mean of |TD| over valid train steps, plus eps.
+
+        Sequences overwritten since they were sampled keep their new data's priority. A no-op (after the
+        shape checks) when the buffer is not prioritized.
+        """
+        b = _batch_size(indices)
+        check("td_abs", td_abs, (b, self.train_len), "float", what=" [B, train_len]")
+        check("valid", valid, (b, self.train_len), "bool", what=" [B, train_len]")
+        if not self.prioritized or b == 0:
+            return
+        td = td_abs.float().abs().masked_fill(~valid, 0.0)
+        count = valid.sum(1).clamp(min=1)
+        priority = self.priority_eta * td.amax(1) + (1 - self.priority_eta) * td.sum(1) / count
+        priority = priority + self.priority_eps
+        slot, env, live = self._locate(indices)
+        flat = slot * self.num_envs + env
+        table = self._weight.view(-1)
+        new = torch.where(live, priority.pow(self.priority_alpha), table[flat])
+        table.scatter_reduce_(0, flat, new, "amax", include_self=False)  # duplicates: deterministic max
+        self._max_priority.copy_(torch.maximum(self._max_priority, torch.where(live, priority, 0.0).max()))
+
+    def update_states(self, indices: Tensor, h: Tensor, c: Tensor, keep: Tensor | None = None) -> None:
+        """Write back refreshed start states h, c [layers, B, hidden] of sequences `indices`.
+
+        The sequence `stride` steps later of the same agent is `index + num_envs`, so a state refreshed
+        `stride` steps into a sampled sequence goes to `batch.indices + num_envs`. `keep` [B] bool (optional)
+        skips entries without a host sync; ids not currently sampleable (overwritten, or not yet complete)
+        are skipped too.
+        """
+        b = _batch_size(indices)
+        state = (self.lstm_layers, b, self.hidden_size)
+        check("h", h, state, "float", what=" [lstm_layers, B, hidden_size]")
+        check("c", c, state, "float", what=" [lstm_layers, B, hidden_size]")
+        slot, env, live = self._locate(indices)
+        if keep is not None:
+            live = live & check("keep", keep, (b,), "bool")
+        live = live.view(1, -1, 1)
+        self._h[:, slot, env] = torch.where(live, h.to(self._h.dtype), self._h[:, slot, env])
+        self._c[:, slot, env] = torch.where(live, c.to(self._c.dtype), self._c[:, slot, env])
+
+
+def _batch_size(indices: object) -> int:
+    if not isinstance(indices, Tensor) or indices.dim() != 1:
+        got = list(indices.shape) if isinstance(indices, Tensor) else type(indices).__name__
+        raise ValueError(f"indices: expected a 1-D int tensor [B] of sequence ids from sample(), got {got}")
+    check("indices", indices, (indices.shape[0],), "int")
+    return indices.shape[0]
