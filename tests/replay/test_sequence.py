@@ -391,3 +391,18 @@ def test_matches_the_stream_for_random_geometries(
     assert len(buf) == len(live) * num_envs
     if live:
         assert check_all(buf, stream, draws=256) == {(k, e) for k in live for e in range(num_envs)}
+
+
+def test_state_dict_round_trip_restores_contents_counters_and_priorities(stream_factory) -> None:
+    stream = stream_factory(12, 2, 3, terminated={(0, 0), (1, 1)})
+    a = make(40, 2, 3, prioritized=True)
+    fill(a, stream)
+    first = a.sample(4, torch.Generator().manual_seed(0))
+    a.update_priorities(first.indices, torch.rand(4, 3), torch.ones(4, 3, dtype=torch.bool))
+    b = make(40, 2, 3, prioritized=True)
+    b.load_state_dict(a.state_dict())
+    assert len(b) == len(a)
+    x, y = a.sample(6, torch.Generator().manual_seed(1)), b.sample(6, torch.Generator().manual_seed(1))
+    assert torch.equal(x.indices, y.indices) and torch.equal(x.obs, y.obs) and torch.equal(x.weights, y.weights)
+    with pytest.raises(ValueError, match="different capacity"):
+        make(20, 2, 3, prioritized=True).load_state_dict(a.state_dict())

@@ -288,3 +288,19 @@ def test_matches_brute_force_on_random_streams(
         seen = check_all(buf, stream, length, n_step, gamma, draws=512)
         first = max(0, length - rows)
         assert seen == {(g, e) for g in range(first, first + expect_rows) for e in range(num_envs)}
+
+
+def test_state_dict_round_trip_restores_contents_and_counters():
+    a = TransitionReplay(64, 2, 3, n_step=2)
+    b = TransitionReplay(64, 2, 3, n_step=2)
+    for t in range(10):
+        obs = torch.full((2, 3), float(t))
+        a.add(obs, torch.ones(2, 5, dtype=torch.bool), torch.tensor([t % 5, 0]), torch.tensor([1.0, 2.0]),
+              obs + 1, torch.ones(2, 5, dtype=torch.bool), torch.tensor([False, t == 4]), torch.zeros(2, dtype=torch.bool))
+    b.load_state_dict(a.state_dict())
+    assert len(b) == len(a)
+    ga, gb = torch.Generator().manual_seed(0), torch.Generator().manual_seed(0)
+    x, y = a.sample(8, ga), b.sample(8, gb)
+    assert torch.equal(x.obs, y.obs) and torch.equal(x.rewards, y.rewards) and torch.equal(x.terminated, y.terminated)
+    with pytest.raises(ValueError, match="different capacity"):
+        TransitionReplay(32, 2, 3, n_step=2).load_state_dict(a.state_dict())

@@ -106,6 +106,23 @@ class TransitionReplay:
     def _sampleable_rows(self) -> int:
         return max(0, min(self._total, self.rows) - (self.n_step - 1))
 
+    def state_dict(self) -> dict[str, object]:
+        """Contents and counters, for checkpoints (tensors only: loadable with weights_only=True)."""
+        return {"total": self._total, "tensors": list(self._tensors)}
+
+    def load_state_dict(self, state: dict[str, object]) -> None:
+        tensors = state["tensors"]
+        if not isinstance(tensors, list) or len(tensors) != len(self._tensors):
+            raise ValueError(f"{type(self).__name__} state: expected {len(self._tensors)} tensors")
+        for i, (dst, src) in enumerate(zip(self._tensors, tensors, strict=True)):
+            if dst.shape != src.shape or dst.dtype != src.dtype:
+                raise ValueError(
+                    f"{type(self).__name__} state tensor {i}: expected {dst.dtype} {list(dst.shape)}, "
+                    f"got {src.dtype} {list(src.shape)} (built with a different capacity or layout?)"
+                )
+            dst.copy_(src)
+        self._total = int(state["total"])  # type: ignore[call-overload]
+
     def __len__(self) -> int:
         return self._sampleable_rows() * self.num_envs
 
