@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 import sys
+import time
+from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
+from townlet.train.checkpoint import CheckpointError
 from townlet.world import LEVEL_NAMES, SCRIPTED_POLICIES, ConfigError, World, load_level, make_policy, run_episodes
 
 app = typer.Typer(help="townlet: a batched survival world for deep RL.", no_args_is_help=True)
@@ -59,10 +62,146 @@ def policies(
     console.print(table)
 
 
+def _fail(message: str) -> typer.Exit:
+    console.print(f"[red]error:[/red] {message}")
+    return typer.Exit(2)
+
+
+def _fmt(value: float | None, spec: str = ".1f") -> str:
+    return "-" if value is None else format(value, spec)
+
+
 @app.command()
-def demo() -> None:
-    """The main job on a fresh machine: for now, the scripted policies on every level."""
-    policies(levels=None, episodes=500, agents=250, seed=0, device="cpu", as_json=False)
+def train(
+    target: Annotated[str, typer.Argument(help="A level name (its default run config) or a run YAML.")] = "L1_full",
+    agents: Annotated[int | None, typer.Option(min=1, help="Agents stepped in parallel.")] = None,
+    steps: Annotated[int | None, typer.Option(min=1, help="Agent-steps to train for.")] = None,
+    minutes: Annotated[float | None, typer.Option(min=0.01, help="Wall-clock budget (instead of --steps).")] = None,
+    seed: Annotated[int | None, typer.Option(min=0)] = None,
+    device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1, ...")] = None,
+    out: Annotated[Path | None, typer.Option(help="Run directory (default runs/<level>-<time>).")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override a field: key=value (dotted).")] = None,
+    resume: Annotated[Path | None, typer.Option(help="Continue this run directory from its checkpoint.")] = None,
+    quiet: Annotated[bool, typer.Option(help="Log lines instead of the live display.")] = False,
+) -> None:
+    """Train an agent: many agents in one batched world feed one learner; Ctrl-C stops with a checkpoint."""
+    from townlet.train import Trainer, load_run_config, parse_overrides
+    from townlet.train.checkpoint import load_latest
+    from townlet.train.config import RunConfig, load_run_config_data
+    from townlet.world.config import deep_merge
+
+    overrides = parse_overrides(set_ or [])
+    for key, value in (("agents", agents), ("seed", seed), ("device", device), ("steps", steps)):
+        if value is not None:
+            overrides[key] = value
+    if minutes is not None:
+        overrides["minutes"] = minutes
+        if steps is None:
+            overrides["steps"] = None  # the time budget alone
+    try:
+        if resume is not None:
+            path, state = load_latest(resume / "checkpoints")
+            base = RunConfig.model_validate(state["config"]).model_dump(mode="json")
+            config = load_run_config_data(deep_merge(base, overrides), f"{path} with --set/options")
+            trainer = Trainer(config, resume)
+            trainer.load_state(state)
+            console.print(f"resuming {resume} from {path.name} at {trainer.env_steps:,} steps")
+            run_dir = resume
+        else:
+            config = load_run_config(target, overrides, source_note="--set/options" if overrides else "")
+            run_dir = out or Path("runs") / f"{Path(config.level).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+            trainer = Trainer(config, run_dir)
+    except (ConfigError, CheckpointError) as e:
+        raise _fail(str(e)) from None
+    console.print(f"training {config.level} with {config.agents} agents -> {run_dir}")
+    _run_with_display(trainer, quiet)
+    console.print(f"checkpoint written; resume with: townlet train --resume {run_dir}")
+    console.print(f"evaluate with: townlet eval {run_dir}    report: townlet report {run_dir}")
+
+
+def _run_with_display(trainer, quiet: bool) -> None:
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    config = trainer.config
+    by_time = config.minutes is not None and config.steps is None
+    total = config.minutes * 60 if by_time else float(config.steps)
+    if quiet:
+        last = [0.0]
+
+        def log(p) -> None:
+            if time.perf_counter() - last[0] >= 10:
+                last[0] = time.perf_counter()
+                typer.echo(
+                    f"steps={p.env_steps} sps={p.steps_per_s:.0f} episodes={p.episodes} "
+                    f"survival_mean={_fmt(p.survival_mean)} median={_fmt(p.survival_median, '.0f')} "
+                    f"eps={p.epsilon:.3f} loss={_fmt(p.loss, '.4f')}"
+                )
+
+        trainer.run(on_progress=log)
+        return
+    columns = [TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.fields[line]}"),
+               TimeElapsedColumn()]
+    with Progress(*columns, console=console, refresh_per_second=4) as bar:
+        task = bar.add_task(config.level, total=total, line="")
+
+        def show(p) -> None:
+            left = "-" if p.budget_left_s is None else f"{max(p.budget_left_s, 0):.0f}s"
+            if p.budget_left_s is None and config.steps:
+                left = f"{max(config.steps - p.env_steps, 0) / max(p.steps_per_s, 1):.0f}s"
+            line = (
+                f"steps {p.env_steps:,} ({p.steps_per_s:,.0f}/s)  episodes {p.episodes:,}  "
+                f"survival mean {_fmt(p.survival_mean)} median {_fmt(p.survival_median, '.0f')}  "
+                f"ε {p.epsilon:.3f}  loss {_fmt(p.loss, '.4f')}  stage {_fmt(p.stage)}  left {left}"
+            )
+            done = p.elapsed_s if by_time else p.env_steps
+            bar.update(task, completed=min(done, total), line=line)
+
+        trainer.run(on_progress=show)
+
+
+@app.command("eval")
+def eval_(
+    run: Annotated[Path, typer.Argument(help="A run directory (its newest checkpoint) or a checkpoint file.")],
+    episodes: Annotated[int, typer.Option(min=1)] = 1000,
+    level: Annotated[str | None, typer.Option(help="Evaluate on another level (same observation size).")] = None,
+    agents: Annotated[int, typer.Option(min=1, help="Episodes played in parallel.")] = 250,
+    seed: int = 12345,
+    device: str = "cpu",
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Masked greedy evaluation at full difficulty, with the scripted policies beside it."""
+    from townlet.train.evaluate import evaluate
+
+    try:
+        result = evaluate(run, episodes, level, agents, seed, device)
+    except (ConfigError, CheckpointError, FileNotFoundError) as e:
+        raise _fail(str(e)) from None
+    if as_json:
+        typer.echo(json.dumps(result))
+        return
+    table = Table(title=f"{result['level']}: {episodes} episodes, greedy at full difficulty")
+    for col in ("policy", "mean", "median", "p10", "95% CI", "cap rate", "died E/H", "invalid"):
+        table.add_column(col, justify="left" if col == "policy" else "right")
+    rows = [("agent", result)] + [(name, r) for name, r in result["scripted"].items()]
+    for name, r in rows:
+        lo, hi = r["survival_ci95"]
+        table.add_row(
+            name, f"{r['survival_mean']:.1f}", f"{r['survival_median']:.0f}", f"{r['survival_p10']:.0f}",
+            f"{lo:.1f}–{hi:.1f}", f"{r['cap_rate']:.1%}",
+            f"{r['causes'].get('energy', 0)}/{r['causes'].get('health', 0)}", f"{r['invalid_rate']:.2%}",
+        )
+    console.print(table)
+
+
+@app.command()
+def demo(
+    minutes: Annotated[float, typer.Option(min=0.1, help="Training budget.")] = 3.0,
+    out: Path = Path("runs/demo"),
+) -> None:
+    """The main job: train L1_full for a few minutes, evaluate, and say where to look."""
+    train(target="L1_full", minutes=minutes, out=out, agents=None, steps=None, seed=None, device=None,
+          set_=None, resume=None, quiet=False)
+    eval_(run=out, episodes=1000, level=None, agents=250, seed=12345, device="cpu", as_json=False)
 
 
 def main() -> None:  # pragma: no cover - console entry point

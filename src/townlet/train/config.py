@@ -1,0 +1,151 @@
+"""Run configuration: what to train, with which network, learner, replay and exploration, and how to log.
+
+Each packaged level ships a default run config (`train/configs/<level>.yaml`); `--set key=value` overrides any
+field by its dotted path, validated like the file itself.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from townlet.world.config import (
+    LEVEL_NAMES,
+    ConfigError,
+    deep_merge,
+    format_validation_error,
+    read_yaml,
+)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class NetworkConfig(_Strict):
+    """`mlp` sees one observation; `lstm` (R2D2) carries memory across the episode."""
+
+    kind: Literal["mlp", "lstm"] = "mlp"
+    hidden: list[int] = Field(default_factory=lambda: [256, 256], min_length=1)
+    lstm_hidden: int = Field(default=256, ge=1)
+    dueling: bool = True
+    layer_norm: bool = False
+
+
+class LearnerConfig(_Strict):
+    lr: float = Field(default=5e-4, gt=0.0, le=1.0)
+    gamma: float = Field(default=0.99, gt=0.0, le=1.0)
+    n_step: int = Field(default=3, ge=1, le=100)
+    batch_size: int = Field(default=256, ge=1)
+    target_update_every: int = Field(default=1000, ge=1)
+    tau: float | None = Field(default=None, gt=0.0, le=1.0)
+    grad_clip: float = Field(default=10.0, gt=0.0)
+    huber_delta: float = Field(default=1.0, gt=0.0)
+    double: bool = True
+    learning_starts: int = Field(default=10_000, ge=0)
+    replay_ratio: float = Field(
+        default=0.25, gt=0.0, description="sampled transitions per environment (agent-)step"
+    )
+
+
+class ReplayConfig(_Strict):
+    capacity: int = Field(default=200_000, ge=1)
+    prioritized: bool = False
+    burn_in: int = Field(default=8, ge=0)
+    train_len: int = Field(default=16, ge=1)
+    stride: int | None = Field(default=None, ge=1)
+
+
+class ExplorationConfig(_Strict):
+    start: float = Field(default=1.0, ge=0.0, le=1.0)
+    end: float = Field(default=0.05, ge=0.0, le=1.0)
+    decay_steps: int = Field(default=200_000, ge=1)
+    schedule: Literal["linear", "exponential"] = "linear"
+
+
+class LoggingConfig(_Strict):
+    interval_steps: int = Field(default=20_000, ge=1, description="agent-steps between metric rows")
+    checkpoint_every: int = Field(default=250_000, ge=1)
+    keep_checkpoints: int = Field(default=3, ge=1)
+    tensorboard: bool = True
+    save_replay: bool = True
+
+
+class RunConfig(_Strict):
+    level: str = "L1_full"
+    seed: int = Field(default=0, ge=0)
+    device: str = "cpu"
+    agents: int = Field(default=64, ge=1)
+    steps: int | None = Field(default=1_000_000, ge=1, description="agent-steps to train for")
+    minutes: float | None = Field(default=None, gt=0.0)
+    network: NetworkConfig = NetworkConfig()
+    learner: LearnerConfig = LearnerConfig()
+    replay: ReplayConfig = ReplayConfig()
+    exploration: ExplorationConfig = ExplorationConfig()
+    logging: LoggingConfig = LoggingConfig()
+
+    @model_validator(mode="after")
+    def _check(self) -> RunConfig:
+        if self.steps is None and self.minutes is None:
+            raise ValueError("steps/minutes: give at least one budget")
+        if self.exploration.end > self.exploration.start:
+            raise ValueError("exploration.end: must not exceed exploration.start")
+        return self
+
+
+def run_config_path(level: str) -> Path:
+    return Path(str(resources.files("townlet.train") / "configs" / f"{level}.yaml"))
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """`["learner.lr=1e-3", "agents=32"]` -> nested dict; values are read as YAML scalars/lists."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise ConfigError(f"--set {pair!r}: expected key=value, e.g. learner.lr=0.001")
+        key, raw = pair.split("=", 1)
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"--set {key}: cannot read value {raw!r}: {e}") from None
+        node = out
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {key}: {part} is set both as a value and as a section")
+        node[parts[-1]] = value
+    return out
+
+
+def load_run_config(
+    level_or_path: str | Path, overrides: dict[str, Any] | None = None, source_note: str = ""
+) -> RunConfig:
+    """The default run config of a packaged level, or a run YAML file, with overrides applied on top."""
+    text = str(level_or_path)
+    if text in LEVEL_NAMES:
+        path = run_config_path(text)
+        data = read_yaml(path) if path.exists() else {}
+        data.setdefault("level", text)
+    else:
+        path = Path(text)
+        if not path.exists():
+            raise ConfigError(
+                f"{text}: no such run config file, and not a packaged level; levels: {', '.join(LEVEL_NAMES)}"
+            )
+        data = read_yaml(path)
+    if overrides:
+        data = deep_merge(data, overrides)
+    return load_run_config_data(data, f"{path}{' with ' + source_note if source_note else ''}")
+
+
+def load_run_config_data(data: dict[str, Any], source: str) -> RunConfig:
+    """Validate a run config mapping; errors name `source`, the field and what is allowed."""
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(format_validation_error(source, e, RunConfig)) from None

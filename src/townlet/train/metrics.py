@@ -1,0 +1,93 @@
+"""Run metrics: one SQLite file (standard-library sqlite3) plus TensorBoard event files.
+
+Tables (`metrics.sqlite` in the run directory):
+- `episodes`: one row per finished episode: env step when it ended, agent, its episode index, length, return,
+  cause of the end, curriculum stage.
+- `learner`: one row per log interval: env steps, wall seconds, updates, epsilon, loss, mean Q, gradient norm,
+  steps/s, and the survival of the episodes that ended in the interval.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+EPISODE_COLUMNS = ("step", "agent", "episode", "length", "return", "cause", "stage")
+LEARNER_COLUMNS = (
+    "step",
+    "wall_s",
+    "updates",
+    "epsilon",
+    "loss",
+    "q_mean",
+    "grad_norm",
+    "steps_per_s",
+    "episodes",
+    "survival_mean",
+    "survival_median",
+    "stage_mean",
+    "intrinsic_weight",
+    "intrinsic_reward",
+)
+
+_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS episodes (
+    step INTEGER NOT NULL, agent INTEGER NOT NULL, episode INTEGER NOT NULL, length INTEGER NOT NULL,
+    return REAL NOT NULL, cause TEXT NOT NULL, stage INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS episodes_step ON episodes(step);
+CREATE TABLE IF NOT EXISTS learner ({", ".join(f"{c} REAL" for c in LEARNER_COLUMNS)});
+"""
+
+
+class MetricsDB:
+    """Append-only metrics store; `truncate_after(step)` drops rows past a checkpoint when a run resumes."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.conn = sqlite3.connect(self.path)
+        self.conn.executescript(_SCHEMA)
+
+    def add_episodes(self, rows: list[tuple[Any, ...]]) -> None:
+        if rows:
+            self.conn.executemany("INSERT INTO episodes VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+
+    def add_learner(self, row: dict[str, float | None]) -> None:
+        unknown = set(row) - set(LEARNER_COLUMNS)
+        if unknown:
+            raise KeyError(f"unknown learner metric(s) {sorted(unknown)}; columns: {', '.join(LEARNER_COLUMNS)}")
+        values = [row.get(c) for c in LEARNER_COLUMNS]
+        self.conn.execute(f"INSERT INTO learner VALUES ({', '.join('?' * len(values))})", values)
+
+    def commit(self) -> None:
+        self.conn.commit()
+
+    def truncate_after(self, step: int) -> None:
+        self.conn.execute("DELETE FROM episodes WHERE step > ?", (step,))
+        self.conn.execute("DELETE FROM learner WHERE step > ?", (step,))
+        self.conn.commit()
+
+    def episodes(self) -> list[dict[str, Any]]:
+        cur = self.conn.execute(f"SELECT {', '.join(EPISODE_COLUMNS)} FROM episodes ORDER BY step, agent")
+        return [dict(zip(EPISODE_COLUMNS, r, strict=True)) for r in cur.fetchall()]
+
+    def learner(self) -> list[dict[str, Any]]:
+        cur = self.conn.execute(f"SELECT {', '.join(LEARNER_COLUMNS)} FROM learner ORDER BY step")
+        return [dict(zip(LEARNER_COLUMNS, r, strict=True)) for r in cur.fetchall()]
+
+    def close(self) -> None:
+        self.conn.commit()
+        self.conn.close()
+
+
+def read_metrics(run_dir: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(episodes, learner rows) of a run directory."""
+    path = Path(run_dir) / "metrics.sqlite"
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no metrics; is {run_dir} a townlet run directory?")
+    db = MetricsDB(path)
+    try:
+        return db.episodes(), db.learner()
+    finally:
+        db.close()

@@ -1,0 +1,354 @@
+"""The training loop: many agents in one batched world feed one learner, with metrics and checkpoints.
+
+Data flows one way: RunConfig -> World + network/learner/replay -> Trainer.run -> metrics, checkpoints.
+A run stopped (budget, SIGINT, SIGTERM) writes a checkpoint from which `Trainer.resume` continues exactly:
+same weights and metrics as a run that was never interrupted (CPU, same seed).
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from townlet.agents import QNetwork, RecurrentQNetwork
+from townlet.explore.schedule import EpsilonSchedule
+from townlet.learn import Actor, DQNConfig, DQNLearner, R2D2Config, RecurrentActor, RecurrentLearner
+from townlet.replay import SequenceReplay, TransitionReplay
+from townlet.train.checkpoint import atomic_write_text, load_checkpoint, load_latest, save_checkpoint
+from townlet.train.config import RunConfig
+from townlet.train.metrics import MetricsDB
+from townlet.world import World, load_level
+
+CHECKPOINT_FORMAT = 1
+
+
+def build_network(config: RunConfig, world: World) -> torch.nn.Module:
+    """The Q-network a run config asks for, shaped by the world's observation layout."""
+    net = config.network
+    if net.kind == "mlp":
+        return QNetwork(world.obs_layout, hidden=net.hidden, dueling=net.dueling, layer_norm=net.layer_norm)
+    return RecurrentQNetwork(world.obs_layout, hidden_size=net.lstm_hidden, dueling=net.dueling)
+
+
+@dataclass
+class Progress:
+    """What the progress display and the log interval show."""
+
+    env_steps: int
+    steps_per_s: float
+    episodes: int
+    survival_mean: float | None
+    survival_median: float | None
+    epsilon: float
+    loss: float | None
+    elapsed_s: float
+    budget_left_s: float | None
+    stage: float | None = None
+    extra: dict[str, float] = field(default_factory=dict)
+
+
+class _EpisodeLog:
+    """Per-step episode-end tensors kept on the device and turned into rows only at flush time."""
+
+    def __init__(self) -> None:
+        self.pending: list[tuple[int, dict[str, torch.Tensor]]] = []
+
+    def record(self, env_steps: int, info: dict[str, torch.Tensor]) -> None:
+        keep = ("done", "episode_length", "episode_return", "cause")
+        self.pending.append((env_steps, {k: info[k] for k in keep}))
+
+    def flush(self, world: World, episode_index: torch.Tensor, stage: torch.Tensor | None) -> list[tuple]:
+        if not self.pending:
+            return []
+        steps = torch.tensor([s for s, _ in self.pending])
+        stack = {k: torch.stack([p[k] for _, p in self.pending]).cpu() for k in self.pending[0][1]}
+        self.pending.clear()
+        done = stack["done"]
+        t_idx, agents = done.nonzero(as_tuple=True)
+        # agent a's episode that ended at row t: its current index minus its ends at rows >= t
+        ends_from_here = done.flip(0).cumsum(0).flip(0)[t_idx, agents]
+        episodes = episode_index.cpu()[agents] - ends_from_here
+        stages = stage.cpu()[agents] if stage is not None else torch.zeros_like(agents)
+        rows = []
+        for i in range(t_idx.numel()):
+            t, a = int(t_idx[i]), int(agents[i])
+            rows.append((
+                int(steps[t]), a, int(episodes[i]), int(stack["episode_length"][t, a]),
+                float(stack["episode_return"][t, a]), world.CAUSES[int(stack["cause"][t, a])], int(stages[i]),
+            ))
+        return rows
+
+
+class Trainer:
+    """Builds everything from a RunConfig and trains. `run()` returns when the budget is spent or a stop was
+    requested (`request_stop()`, SIGINT, SIGTERM), always leaving a checkpoint behind."""
+
+    def __init__(self, config: RunConfig, run_dir: Path) -> None:
+        self.config = config
+        self.run_dir = Path(run_dir)
+        self.device = torch.device(config.device)
+        torch.manual_seed(config.seed)
+        self.level = load_level(config.level)
+        self.world = World(self.level, config.agents, device=self.device, seed=config.seed)
+        self.recurrent = config.network.kind == "lstm"
+        self.network = build_network(config, self.world).to(self.device)
+        lc, rc = config.learner, config.replay
+        common = {
+            "gamma": lc.gamma, "lr": lc.lr, "max_grad_norm": lc.grad_clip, "huber_delta": lc.huber_delta,
+            "double": lc.double, "target_update_every": lc.target_update_every, "tau": lc.tau,
+        }
+        self.act_gen = torch.Generator(device=self.device).manual_seed(config.seed + 1)
+        self.sample_gen = torch.Generator(device=self.device).manual_seed(config.seed + 2)
+        n = config.agents
+        if self.recurrent:
+            self.learner: DQNLearner | RecurrentLearner = RecurrentLearner(
+                self.network, R2D2Config(burn_in=rc.burn_in, **common)
+            )
+            self.replay: TransitionReplay | SequenceReplay = SequenceReplay(
+                rc.capacity, n, self.world.obs_layout, burn_in=rc.burn_in, train_len=rc.train_len,
+                stride=rc.stride, hidden_size=config.network.lstm_hidden, device=self.device,
+                prioritized=rc.prioritized,
+            )
+            self.actor: Actor | RecurrentActor = RecurrentActor(self.network, n, self.device, self.act_gen)
+            self.transitions_per_update = lc.batch_size * rc.train_len
+        else:
+            self.learner = DQNLearner(self.network, DQNConfig(**common))
+            self.replay = TransitionReplay(
+                rc.capacity, n, self.world.obs_layout, n_step=lc.n_step, gamma=lc.gamma, device=self.device
+            )
+            self.actor = Actor(self.network, self.act_gen)
+            self.transitions_per_update = lc.batch_size
+        ex = config.exploration
+        self.epsilon = EpsilonSchedule(ex.start, ex.end, ex.decay_steps, ex.schedule)
+        self.env_steps = 0
+        self.update_credit = 0.0
+        self.elapsed_before = 0.0  # wall seconds of earlier sessions of this run
+        self.last_stats: dict[str, torch.Tensor] = {}
+        self.episode_log = _EpisodeLog()
+        self.recent: list[int] = []  # lengths of the last 100 finished episodes
+        self.episodes_done = 0
+        self._stop = False
+        self._next_log = config.logging.interval_steps
+        self._next_ckpt = config.logging.checkpoint_every
+        self.obs = self.world.observe()
+        self.mask = self.world.action_mask()
+
+    # ------------------------------------------------------------------ lifecycle
+    @classmethod
+    def resume(cls, run_dir: Path, overrides: RunConfig | None = None) -> tuple[Trainer, Path]:
+        """A trainer restored from the newest readable checkpoint of `run_dir`."""
+        run_dir = Path(run_dir)
+        path, state = load_latest(run_dir / "checkpoints")
+        config = overrides or RunConfig.model_validate(state["config"])
+        trainer = cls(config, run_dir)
+        trainer.load_state(state)
+        return trainer, path
+
+    def request_stop(self, *_: Any) -> None:
+        self._stop = True
+
+    def state(self, with_replay: bool) -> dict[str, Any]:
+        """Everything needed to continue exactly (tensors and plain containers: weights_only-loadable)."""
+        actor_state = {"h": self.actor.h, "c": self.actor.c} if isinstance(self.actor, RecurrentActor) else {}
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "config": self.config.model_dump(mode="json"),
+            "env_steps": self.env_steps,
+            "update_credit": self.update_credit,
+            "elapsed_s": self.elapsed_before + self._elapsed(),
+            "episodes_done": self.episodes_done,
+            "recent": list(self.recent),
+            "next_log": self._next_log,
+            "next_ckpt": self._next_ckpt,
+            "learner": self.learner.state_dict(),
+            "world": self.world.state_dict(),
+            "actor": actor_state,
+            "act_gen": self.act_gen.get_state(),
+            "sample_gen": self.sample_gen.get_state(),
+            "replay": self.replay.state_dict() if with_replay else None,
+        }
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        if state.get("format") != CHECKPOINT_FORMAT:
+            raise ValueError(f"checkpoint format {state.get('format')} is not {CHECKPOINT_FORMAT}")
+        self.env_steps = int(state["env_steps"])
+        self.update_credit = float(state["update_credit"])
+        self.elapsed_before = float(state["elapsed_s"])
+        self.episodes_done = int(state["episodes_done"])
+        self.recent = list(state["recent"])
+        self._next_log, self._next_ckpt = int(state["next_log"]), int(state["next_ckpt"])
+        self.learner.load_state_dict(state["learner"])
+        self.world.load_state_dict(state["world"])
+        if isinstance(self.actor, RecurrentActor):
+            self.actor.h, self.actor.c = state["actor"]["h"].to(self.device), state["actor"]["c"].to(self.device)
+        self.act_gen.set_state(state["act_gen"])
+        self.sample_gen.set_state(state["sample_gen"])
+        if state["replay"] is not None:
+            self.replay.load_state_dict(state["replay"])
+        self.obs = self.world.observe()
+        self.mask = self.world.action_mask()
+
+    def save(self) -> Path:
+        self._flush_episodes()
+        self.db.commit()
+        return save_checkpoint(
+            self.run_dir / "checkpoints", self.env_steps, self.state(self.config.logging.save_replay),
+            self.config.logging.keep_checkpoints,
+        )
+
+    # ------------------------------------------------------------------ the loop
+    def _elapsed(self) -> float:
+        return time.perf_counter() - self._started if hasattr(self, "_started") else 0.0
+
+    def _budget_left(self) -> float | None:
+        if self.config.minutes is None:
+            return None
+        return self.config.minutes * 60 - self._elapsed()
+
+    def _done(self) -> bool:
+        c = self.config
+        if c.steps is not None and self.env_steps >= c.steps:
+            return True
+        left = self._budget_left()
+        return left is not None and left <= 0
+
+    def collect(self) -> None:
+        """One world step for every agent, stored in replay."""
+        eps = self.epsilon(self.env_steps)
+        world, obs, mask = self.world, self.obs, self.mask
+        if isinstance(self.actor, RecurrentActor):
+            step = self.actor.act(obs, mask, eps)
+            actions = step.actions
+        else:
+            actions = self.actor.act(obs, mask, eps)
+        next_obs, reward, terminated, truncated, info = world.step(actions)
+        done = info["done"]
+        next_mask = world.action_mask()
+        if isinstance(self.replay, SequenceReplay):
+            self.replay.add(obs, mask, actions, reward, terminated, truncated, info["final_obs"],
+                            info["final_mask"], step.h, step.c)
+            self.actor.reset(done)
+        else:
+            ended = done.view(-1, 1)
+            self.replay.add(obs, mask, actions, reward, torch.where(ended, info["final_obs"], next_obs),
+                            torch.where(ended, info["final_mask"], next_mask), terminated, truncated)
+        self.env_steps += world.num_agents
+        self.episode_log.record(self.env_steps, info)
+        self.obs, self.mask = next_obs, next_mask
+
+    def learn(self) -> None:
+        """As many updates as the replay ratio has earned since the last call."""
+        lc = self.config.learner
+        if self.env_steps < lc.learning_starts or len(self.replay) == 0:
+            return
+        self.update_credit += lc.replay_ratio * self.world.num_agents / self.transitions_per_update
+        while self.update_credit >= 1.0:
+            self.update_credit -= 1.0
+            batch = self.replay.sample(lc.batch_size, self.sample_gen)
+            stats = self.learner.update(batch)
+            if isinstance(self.replay, SequenceReplay) and self.replay.prioritized:
+                self.replay.update_priorities(batch.indices, stats["td_abs"], stats["valid"])
+            self.last_stats = stats
+
+    def _flush_episodes(self) -> None:
+        rows = self.episode_log.flush(self.world, self.world.episode, None)
+        if rows:
+            self.db.add_episodes(rows)
+            self.episodes_done += len(rows)
+            self.recent = (self.recent + [r[3] for r in rows])[-100:]
+
+    def progress(self) -> Progress:
+        self._flush_episodes()
+        recent = torch.tensor(self.recent, dtype=torch.float32)
+        elapsed = self._elapsed()
+        loss = self.last_stats.get("loss")
+        return Progress(
+            env_steps=self.env_steps,
+            steps_per_s=(self.env_steps - self._start_steps) / max(elapsed, 1e-9),
+            episodes=self.episodes_done,
+            survival_mean=recent.mean().item() if len(self.recent) else None,
+            survival_median=recent.median().item() if len(self.recent) else None,
+            epsilon=self.epsilon(self.env_steps),
+            loss=loss.item() if loss is not None else None,
+            elapsed_s=self.elapsed_before + elapsed,
+            budget_left_s=self._budget_left(),
+        )
+
+    def _log_interval(self, writer: Any) -> Progress:
+        p = self.progress()
+        s = self.last_stats
+        row = {
+            "step": self.env_steps, "wall_s": p.elapsed_s, "updates": self.learner.updates,
+            "epsilon": p.epsilon, "loss": p.loss,
+            "q_mean": s["q_mean"].item() if "q_mean" in s else None,
+            "grad_norm": s["grad_norm"].item() if "grad_norm" in s else None,
+            "steps_per_s": p.steps_per_s, "episodes": p.episodes,
+            "survival_mean": p.survival_mean, "survival_median": p.survival_median,
+        }
+        self.db.add_learner(row)
+        self.db.commit()
+        if writer is not None:
+            for key, value in row.items():
+                if key != "step" and value is not None:
+                    writer.add_scalar(f"train/{key}", value, self.env_steps)
+        return p
+
+    def run(self, on_progress: Callable[[Progress], None] | None = None, progress_every_s: float = 1.0) -> Path:
+        """Train until the budget is spent or a stop is requested; returns the last checkpoint's path."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.run_dir / "config.yaml", yaml.safe_dump(self.config.model_dump(mode="json")))
+        atomic_write_text(self.run_dir / "level.yaml", yaml.safe_dump(self.level.model_dump(mode="json")))
+        self.db = MetricsDB(self.run_dir / "metrics.sqlite")
+        self.db.truncate_after(self.env_steps)  # a resumed run rewrites what came after its checkpoint
+        writer = None
+        if self.config.logging.tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            writer = SummaryWriter(str(self.run_dir / "tb"), purge_step=self.env_steps or None)
+        previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+        for s in previous:
+            signal.signal(s, self.request_stop)
+        self._started = time.perf_counter()
+        self._start_steps = self.env_steps
+        last_report = 0.0
+        try:
+            while not self._done() and not self._stop:
+                self.collect()
+                self.learn()
+                if self.env_steps >= self._next_log:
+                    self._next_log += self.config.logging.interval_steps
+                    self._log_interval(writer)
+                if self.env_steps >= self._next_ckpt:
+                    self._next_ckpt += self.config.logging.checkpoint_every
+                    self.save()
+                now = time.perf_counter()
+                if on_progress is not None and now - last_report >= progress_every_s:
+                    last_report = now
+                    on_progress(self.progress())
+            path = self.save()
+            if on_progress is not None:
+                on_progress(self.progress())
+            return path
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+            if writer is not None:
+                writer.close()
+            self.db.close()
+
+
+def load_for_eval(path: Path) -> tuple[RunConfig, dict[str, Any]]:
+    """(config, state) from a run directory (its newest checkpoint) or a checkpoint file."""
+    path = Path(path)
+    if path.is_dir():
+        _, state = load_latest(path / "checkpoints")
+    else:
+        state = load_checkpoint(path)
+    return RunConfig.model_validate(state["config"]), state
