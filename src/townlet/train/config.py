@@ -118,8 +118,18 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"--set {key}: {part} is set both as a value and as a section")
-        node[parts[-1]] = value
+        node[parts[-1]] = _number_or_value(value)
     return out
+
+
+def _number_or_value(value: Any) -> Any:
+    """YAML 1.1 reads `1e-3` as a string; a user typing it on the command line means the number."""
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
 
 
 def load_run_config(

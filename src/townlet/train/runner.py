@@ -21,7 +21,13 @@ from townlet.agents import QNetwork, RecurrentQNetwork
 from townlet.explore.schedule import EpsilonSchedule
 from townlet.learn import Actor, DQNConfig, DQNLearner, R2D2Config, RecurrentActor, RecurrentLearner
 from townlet.replay import SequenceReplay, TransitionReplay
-from townlet.train.checkpoint import atomic_write_text, load_checkpoint, load_latest, save_checkpoint
+from townlet.train.checkpoint import (
+    CheckpointError,
+    atomic_write_text,
+    load_checkpoint,
+    load_latest,
+    save_checkpoint,
+)
 from townlet.train.config import RunConfig
 from townlet.train.metrics import MetricsDB
 from townlet.world import World, load_level
@@ -347,6 +353,8 @@ class Trainer:
 def load_for_eval(path: Path) -> tuple[RunConfig, dict[str, Any]]:
     """(config, state) from a run directory (its newest checkpoint) or a checkpoint file."""
     path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such run directory or checkpoint file")
     if path.is_dir():
         _, state = load_latest(path / "checkpoints")
     else:

@@ -1,0 +1,177 @@
+"""The training loop's contract: exact resume, checkpoints that survive crashes, clean stops, metrics."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from townlet.cli import app
+from townlet.train import Trainer, load_run_config, parse_overrides
+from townlet.train.checkpoint import (
+    CheckpointError,
+    atomic_write,
+    list_checkpoints,
+    load_checkpoint,
+    load_latest,
+    save_checkpoint,
+)
+from townlet.train.metrics import read_metrics
+from townlet.world import ConfigError
+
+SMALL = {
+    "agents": 8,
+    "learner": {"learning_starts": 400, "batch_size": 32, "replay_ratio": 1.0, "target_update_every": 50},
+    "replay": {"capacity": 4000},
+    "exploration": {"decay_steps": 2000},
+    "logging": {"interval_steps": 800, "checkpoint_every": 1600, "tensorboard": False},
+}
+RECURRENT = {
+    "network": {"kind": "lstm", "lstm_hidden": 16},
+    "replay": {"capacity": 4000, "burn_in": 2, "train_len": 4, "stride": 2},
+    "learner": {"learning_starts": 400, "batch_size": 4, "replay_ratio": 1.0, "target_update_every": 50},
+}
+
+
+def small_config(level: str = "L0_minimal", steps: int = 4000, **extra: object):
+    overrides = {**SMALL, "steps": steps, **extra}
+    return load_run_config(level, overrides)
+
+
+def learner_rows(run_dir: Path) -> list[dict]:
+    return [{k: v for k, v in row.items() if k not in ("wall_s", "steps_per_s")} for row in read_metrics(run_dir)[1]]
+
+
+@pytest.mark.parametrize(("level", "extra"), [("L0_minimal", {}), ("L2_partial_fixed", RECURRENT)])
+def test_stopped_and_resumed_run_equals_uninterrupted_run(tmp_path, level, extra):
+    full = Trainer(small_config(level, 4800, **extra), tmp_path / "full")
+    full.run()
+    part = Trainer(small_config(level, 2400, **extra), tmp_path / "part")
+    part.run()
+    resumed, path = Trainer.resume(tmp_path / "part", small_config(level, 4800, **extra))
+    assert path.name == "ckpt_000000002400.pt"
+    resumed.run()
+    assert resumed.learner.updates == full.learner.updates > 0
+    for a, b in zip(full.network.state_dict().values(), resumed.network.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    for a, b in zip(full.learner.target.state_dict().values(), resumed.learner.target.state_dict().values(),
+                    strict=True):
+        assert torch.equal(a, b)
+    episodes_full, _ = read_metrics(tmp_path / "full")
+    episodes_resumed, _ = read_metrics(tmp_path / "part")
+    assert episodes_full == episodes_resumed and len(episodes_full) > 20
+    assert learner_rows(tmp_path / "full") == learner_rows(tmp_path / "part")
+
+
+def test_metrics_rows_match_the_run(tmp_path):
+    trainer = Trainer(small_config(steps=3200), tmp_path)
+    trainer.run()
+    episodes, learner = read_metrics(tmp_path)
+    assert len(episodes) == trainer.episodes_done > 0
+    assert [row["step"] for row in learner] == [800, 1600, 2400, 3200]
+    assert all(row["cause"] in ("energy", "health", "truncated") for row in episodes)
+    assert all(1 <= row["length"] <= 500 for row in episodes)
+    per_agent = {}
+    for row in episodes:  # each agent's episodes are numbered 0, 1, 2, ... in order
+        per_agent.setdefault(row["agent"], []).append(row["episode"])
+    assert all(ids == list(range(len(ids))) for ids in per_agent.values())
+    assert learner[-1]["updates"] == trainer.learner.updates
+    assert (tmp_path / "config.yaml").exists() and (tmp_path / "level.yaml").exists()
+
+
+def test_stop_request_writes_a_checkpoint_and_restores_signal_handlers(tmp_path):
+    trainer = Trainer(small_config(steps=100_000), tmp_path)
+    before = signal.getsignal(signal.SIGTERM)
+
+    def stop_soon(progress) -> None:
+        if progress.env_steps >= 800:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    path = trainer.run(on_progress=stop_soon, progress_every_s=0.0)
+    assert 800 <= trainer.env_steps < 100_000
+    assert path.exists() and load_checkpoint(path)["env_steps"] == trainer.env_steps
+    assert signal.getsignal(signal.SIGTERM) == before
+
+
+def test_checkpoints_keep_the_last_k_and_skip_a_corrupt_one(tmp_path):
+    for step in (100, 200, 300, 400):
+        save_checkpoint(tmp_path, step, {"format": 1, "step": torch.tensor(step)}, keep=3)
+    assert [p.name for p in list_checkpoints(tmp_path)] == [f"ckpt_{s:012d}.pt" for s in (200, 300, 400)]
+    newest = list_checkpoints(tmp_path)[-1]
+    newest.write_bytes(newest.read_bytes()[:40])  # truncated, as if the disk filled up
+    with pytest.warns(UserWarning, match="skipped unreadable checkpoint"):
+        path, state = load_latest(tmp_path)
+    assert path.name == "ckpt_000000000300.pt" and int(state["step"]) == 300
+    for p in list_checkpoints(tmp_path):
+        p.write_bytes(b"garbage")
+    with pytest.raises(CheckpointError, match=r"ckpt_000000000200\.pt"):
+        load_latest(tmp_path)
+    with pytest.raises(CheckpointError, match="no checkpoints"):
+        load_latest(tmp_path / "empty")
+
+
+class NotATensor:
+    pass
+
+
+def test_loading_never_unpickles_arbitrary_objects(tmp_path):
+    path = tmp_path / "ckpt_000000000001.pt"
+    torch.save({"format": 1, "payload": NotATensor()}, path)
+    with pytest.raises(CheckpointError, match="not a readable townlet checkpoint"):
+        load_checkpoint(path)
+    torch.save({"weights": torch.zeros(2)}, path)
+    with pytest.raises(CheckpointError, match="no 'format'"):
+        load_checkpoint(path)
+
+
+def test_atomic_write_leaves_the_old_file_when_writing_fails(tmp_path):
+    target = tmp_path / "report.md"
+    target.write_text("old")
+
+    def broken(tmp: Path) -> None:
+        tmp.write_text("half")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        atomic_write(target, broken)
+    assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["report.md"]
+
+
+def test_bad_overrides_name_the_key_and_what_is_allowed():
+    with pytest.raises(ConfigError, match="expected key=value"):
+        parse_overrides(["learner.lr"])
+    with pytest.raises(ConfigError, match=r"learner\.lrr: unknown field; allowed fields: lr, gamma"):
+        load_run_config("L1_full", parse_overrides(["learner.lrr=0.1"]))
+    with pytest.raises(ConfigError, match=r"network\.kind: Input should be 'mlp' or 'lstm'"):
+        load_run_config("L1_full", parse_overrides(["network.kind=transformer"]))
+    assert parse_overrides(["learner.lr=1e-3", "agents=32"]) == {"learner": {"lr": 1e-3}, "agents": 32}
+
+
+def test_cli_train_resume_and_eval(tmp_path):
+    runner = CliRunner()
+    run_dir = tmp_path / "run"
+    sets = ["--set", "learner.learning_starts=300", "--set", "logging.tensorboard=false",
+            "--set", "logging.interval_steps=500"]
+    result = runner.invoke(app, ["train", "L0_minimal", "--steps", "1000", "--agents", "4", "--out", str(run_dir),
+                                 "--quiet", *sets])
+    assert result.exit_code == 0, result.output
+    assert "resume with: townlet train --resume" in result.output
+    result = runner.invoke(app, ["train", "--resume", str(run_dir), "--steps", "1500", "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert load_latest(run_dir / "checkpoints")[1]["env_steps"] == 1500
+    result = runner.invoke(app, ["eval", str(run_dir), "--episodes", "20", "--agents", "10", "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output)
+    for key in ("episodes", "survival_mean", "survival_median", "survival_p10", "cap_rate", "causes"):
+        assert key in summary
+    assert summary["episodes"] == 20 and set(summary["scripted"]) == {"random", "needs"}
+    result = runner.invoke(app, ["train", "L0_minimal", "--set", "replay.capacty=5"])
+    assert result.exit_code == 2 and "replay.capacty: unknown field" in result.output
+    result = runner.invoke(app, ["eval", str(tmp_path / "nowhere")])
+    assert result.exit_code == 2 and "no such run directory" in result.output
