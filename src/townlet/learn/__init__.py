@@ -1,0 +1,51 @@
+"""Learners (DQN, R2D2), their target math, and acting (masked ε-greedy, recurrent rollout memory)."""
+
+from townlet.learn.acting import (
+    Actor,
+    RecurrentActor,
+    RecurrentStep,
+    masked_epsilon_greedy,
+    masked_greedy,
+    masked_random,
+)
+from townlet.learn.batches import SequenceBatchLike, TransitionBatchLike
+from townlet.learn.common import OnlineTargetLearner, OptimConfig
+from townlet.learn.dqn import DQNConfig, DQNLearner, compute_targets
+from townlet.learn.r2d2 import (
+    R2D2Config,
+    RecurrentLearner,
+    SequenceTD,
+    compute_sequence_targets,
+    sequence_loss,
+    sequence_td,
+)
+from townlet.learn.target_sync import TargetSync, hard_update, polyak_update
+from townlet.learn.targets import double_q_targets, huber, masked_argmax
+
+__all__ = [
+    "Actor",
+    "DQNConfig",
+    "DQNLearner",
+    "OnlineTargetLearner",
+    "OptimConfig",
+    "R2D2Config",
+    "RecurrentActor",
+    "RecurrentLearner",
+    "RecurrentStep",
+    "SequenceBatchLike",
+    "SequenceTD",
+    "TargetSync",
+    "TransitionBatchLike",
+    "compute_sequence_targets",
+    "compute_targets",
+    "double_q_targets",
+    "hard_update",
+    "huber",
+    "masked_argmax",
+    "masked_epsilon_greedy",
+    "masked_greedy",
+    "masked_random",
+    "polyak_update",
+    "sequence_loss",
+    "sequence_td",
+]

@@ -1,0 +1,78 @@
+"""Pieces both learners share: the online/target pair, the optimizer step, checkpoint state."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from townlet.learn.target_sync import TargetSync
+
+
+@dataclass
+class OptimConfig:
+    """Adam, gradient clipping, target-network schedule. `tau=None`: hard copy every
+    `target_update_every` updates; else Polyak with `tau` every `target_update_every` updates."""
+
+    gamma: float = 0.99
+    lr: float = 2.5e-4
+    adam_eps: float = 1e-5
+    max_grad_norm: float | None = 10.0
+    huber_delta: float = 1.0
+    double: bool = True
+    target_update_every: int = 1000
+    tau: float | None = None
+
+
+def make_adam(params: list[nn.Parameter], lr: float, eps: float) -> torch.optim.Optimizer:
+    """Fused Adam where the parameters allow it (about 3x faster than foreach on CPU), else foreach."""
+    try:
+        return torch.optim.Adam(params, lr=lr, eps=eps, fused=True)
+    except (RuntimeError, ValueError):  # pragma: no cover - devices/dtypes without a fused kernel
+        return torch.optim.Adam(params, lr=lr, eps=eps, foreach=True)
+
+
+class OnlineTargetLearner:
+    """An online network trained by Adam, and a frozen target copy updated by `TargetSync`."""
+
+    def __init__(self, network: nn.Module, config: OptimConfig) -> None:
+        self.config = config
+        self.online = network
+        self.target = copy.deepcopy(network).requires_grad_(False)
+        for m in self.target.modules():
+            if isinstance(m, nn.RNNBase):  # keep cuDNN's single weight chunk after the copy
+                m.flatten_parameters()
+        self.params = [p for p in network.parameters() if p.requires_grad]
+        self.optimizer = make_adam(self.params, config.lr, config.adam_eps)
+        self.sync = TargetSync(config.target_update_every, config.tau)
+        self.updates = 0
+
+    def _step(self, loss: Tensor) -> Tensor:
+        """Backward, clip, Adam step, target schedule; returns the pre-clip gradient norm (detached)."""
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        max_norm = self.config.max_grad_norm if self.config.max_grad_norm is not None else float("inf")
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, max_norm, foreach=True)
+        self.optimizer.step()
+        self.updates += 1
+        self.sync(self.target, self.online, self.updates)
+        return grad_norm.detach()
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to resume training."""
+        return {
+            "online": self.online.state_dict(),
+            "target": self.target.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "updates": self.updates,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.online.load_state_dict(state["online"])
+        self.target.load_state_dict(state["target"])
+        # a copy: Optimizer.load_state_dict may alias the given tensors, which the source keeps updating
+        self.optimizer.load_state_dict(copy.deepcopy(state["optimizer"]))
+        self.updates = int(state["updates"])

@@ -1,0 +1,169 @@
+"""R2D2: recurrent DQN on stored-state sequences with burn-in.
+
+From the stored (h0, c0) the online net unrolls the burn-in steps without gradient, then the training
+steps with it; the target net unrolls the whole sequence from the same stored state. The last training
+step bootstraps from the following observation (a window end is not an episode end), termination ends the
+bootstrap, truncation does not, and steps after the first episode end in a sequence are masked out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from townlet.agents.networks import LSTMState
+from townlet.learn.batches import SequenceBatchLike
+from townlet.learn.common import OnlineTargetLearner, OptimConfig
+from townlet.learn.targets import double_q_targets, huber
+
+
+@dataclass
+class R2D2Config(OptimConfig):
+    """`burn_in` must match the replay's. `refresh_offset`: if set, `update` also returns the online
+    net's state after that many steps of each sequence (`h_refresh`, `c_refresh`, `refresh_ok`) for the
+    replay's `update_states`."""
+
+    burn_in: int = 8
+    lr: float = 1e-4
+    adam_eps: float = 1e-3
+    max_grad_norm: float | None = 40.0
+    target_update_every: int = 2500
+    refresh_offset: int | None = None
+
+
+@dataclass
+class SequenceTD:
+    """One unroll's outputs for the training part (L = train_len steps)."""
+
+    q_taken: Tensor  # [B, L], with gradient
+    targets: Tensor  # [B, L], no gradient; 0 where invalid
+    valid: Tensor  # [B, L] bool
+    q_online: Tensor  # [B, L + 1, A] online Q of obs[:, burn_in:], with gradient
+
+
+def _sanitize(batch: SequenceBatchLike) -> tuple[Tensor, Tensor]:
+    """obs with don't-care entries (after obs[:, e + 1]) zeroed, and valid as bool.
+
+    The LSTM is causal, so valid steps never see later obs anyway; zeroing also keeps a non-finite
+    don't-care value from reaching the loss or the gradient.
+    """
+    valid = batch.valid.bool()
+    obs_valid = torch.cat([torch.ones_like(valid[:, :1]), valid], dim=1)  # obs[:, t+1] is needed iff valid[t]
+    obs = torch.where(obs_valid.unsqueeze(-1), batch.obs, torch.zeros((), dtype=batch.obs.dtype))
+    return obs, valid
+
+
+def sequence_td(
+    batch: SequenceBatchLike,
+    online: nn.Module,
+    target: nn.Module,
+    burn_in: int,
+    gamma: float,
+    double: bool = True,
+) -> SequenceTD:
+    """Unroll both nets from the stored state and build the per-step Double-DQN targets.
+
+    Target for training step t: r_t + gamma * (1 - terminated_t) * Q_target(obs_{t+1} | h_{t+1})[a*],
+    a* = argmax over valid actions (masks[:, t + 1]) of the online Q at t + 1.
+    """
+    obs, valid = _sanitize(batch)
+    t_total = batch.actions.shape[1]
+    if not 0 <= burn_in < t_total:
+        raise ValueError(f"burn_in {burn_in} must be in [0, {t_total}) for sequences of {t_total} steps")
+    state: LSTMState = (batch.h0, batch.c0)
+    if burn_in > 0:
+        with torch.no_grad():
+            _, state = online(obs[:, :burn_in], state)
+    q_online, _ = online(obs[:, burn_in:], state)  # [B, L + 1, A]
+    with torch.no_grad():
+        q_target, _ = target(obs, (batch.h0, batch.c0))  # [B, T + 1, A]
+    train = slice(burn_in, t_total)
+    valid_t = valid[:, train]
+    actions = batch.actions[:, train]
+    q_taken = q_online[:, :-1].gather(-1, actions.unsqueeze(-1)).squeeze(-1)
+    with torch.no_grad():
+        rewards = torch.where(valid_t, batch.rewards[:, train], torch.zeros((), dtype=q_taken.dtype))
+        next_online = q_online[:, 1:].detach()
+        y = double_q_targets(
+            rewards,
+            batch.terminated[:, train].bool(),
+            gamma,
+            next_online,
+            q_target[:, burn_in + 1 :],
+            batch.masks[:, burn_in + 1 :].bool(),
+            double,
+        )
+        y = torch.where(valid_t, y, torch.zeros_like(y))
+    return SequenceTD(q_taken, y, valid_t, q_online)
+
+
+@torch.no_grad()
+def compute_sequence_targets(
+    batch: SequenceBatchLike,
+    online: nn.Module,
+    target: nn.Module,
+    burn_in: int,
+    gamma: float,
+    double: bool = True,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """(targets, q_taken, valid), each [B, train_len], with no gradient: for tests and diagnostics."""
+    td = sequence_td(batch, online, target, burn_in, gamma, double)
+    return td.targets, td.q_taken, td.valid
+
+
+def sequence_loss(td: SequenceTD, weights: Tensor, delta: float = 1.0) -> tuple[Tensor, Tensor]:
+    """Importance-weighted Huber loss averaged over valid steps; returns (loss, td_abs [B, L] with 0 where
+    invalid)."""
+    err = torch.where(td.valid, td.targets - td.q_taken, torch.zeros((), dtype=td.q_taken.dtype))
+    per_step = huber(err, delta) * weights.unsqueeze(-1)
+    loss = per_step.sum() / td.valid.sum().clamp(min=1)
+    return loss, err.detach().abs()
+
+
+class RecurrentLearner(OnlineTargetLearner):
+    """R2D2 learner. `update(batch)` returns detached stats; `td_abs` and `valid` ([B, train_len]) go to
+    `SequenceReplay.update_priorities(batch.indices, td_abs, valid)`."""
+
+    def __init__(self, network: nn.Module, config: R2D2Config | None = None) -> None:
+        config = config or R2D2Config()
+        super().__init__(network, config)
+        self.config: R2D2Config = config
+
+    def update(self, batch: SequenceBatchLike) -> dict[str, Tensor]:
+        """One step. Stats: loss, q_mean (valid steps), td_abs [B, L], valid [B, L], td_abs_mean,
+        grad_norm; with `refresh_offset`, also h_refresh/c_refresh [layers, B, H] and refresh_ok [B]."""
+        c = self.config
+        refreshed = self.refresh_states(batch, c.refresh_offset) if c.refresh_offset is not None else None
+        td = sequence_td(batch, self.online, self.target, c.burn_in, c.gamma, c.double)
+        loss, td_abs = sequence_loss(td, batch.weights, c.huber_delta)
+        grad_norm = self._step(loss)
+        n_valid = td.valid.sum().clamp(min=1)
+        q_valid = torch.where(td.valid, td.q_taken.detach(), torch.zeros((), dtype=td.q_taken.dtype))
+        stats = {
+            "loss": loss.detach(),
+            "q_mean": q_valid.sum() / n_valid,
+            "td_abs": td_abs,
+            "valid": td.valid,
+            "td_abs_mean": td_abs.sum() / n_valid,
+            "grad_norm": grad_norm,
+        }
+        if refreshed is not None:
+            stats["h_refresh"], stats["c_refresh"], stats["refresh_ok"] = refreshed
+        return stats
+
+    @torch.no_grad()
+    def refresh_states(self, batch: SequenceBatchLike, offset: int) -> tuple[Tensor, Tensor, Tensor]:
+        """The online net's state before obs[:, offset], unrolled from the stored state with the current
+        weights: (h, c, ok). Zeros where an episode ended exactly at step offset - 1 (a new episode starts);
+        ok [B] is False where an episode ended earlier (the state there is unknown)."""
+        t_total = batch.actions.shape[1]
+        if not 1 <= offset <= t_total:
+            raise ValueError(f"refresh offset {offset} must be in [1, {t_total}]")
+        obs, valid = _sanitize(batch)
+        h, c = self.online(obs[:, :offset], (batch.h0, batch.c0))[1]
+        ended = (batch.terminated[:, offset - 1] | batch.truncated[:, offset - 1]).bool()
+        ok = valid[:, offset - 1]  # valid is a prefix: True here means no episode ended before this step
+        keep = (~ended).view(1, -1, 1)
+        return torch.where(keep, h, 0.0), torch.where(keep, c, 0.0), ok

@@ -1,0 +1,137 @@
+"""Network shapes, layout-driven construction, one LSTM call per forward, every field used."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from townlet.agents import QNetwork, RecurrentQNetwork
+from townlet.world.config import load_level
+from townlet.world.observation import ObsLayout
+
+
+def layout(name: str) -> ObsLayout:
+    return ObsLayout.for_level(load_level(name))
+
+
+@pytest.mark.parametrize("dueling", [False, True])
+@pytest.mark.parametrize("layer_norm", [False, True])
+def test_qnetwork_shapes_from_layout_and_int(dueling: bool, layer_norm: bool) -> None:
+    torch.manual_seed(0)
+    lay = layout("L1_full")
+    net = QNetwork(lay, hidden=(32, 16), dueling=dueling, layer_norm=layer_norm)
+    assert net.obs_dim == lay.dim == 87
+    assert net(torch.randn(6, lay.dim)).shape == (6, 5)
+    assert net(torch.randn(2, 3, lay.dim)).shape == (2, 3, 5)  # any leading dims
+    assert QNetwork(10, num_actions=3, hidden=(8,))(torch.randn(4, 10)).shape == (4, 3)
+    has_ln = any(isinstance(m, torch.nn.LayerNorm) for m in net.modules())
+    assert has_ln == layer_norm
+
+
+def test_dueling_head_is_value_plus_centered_advantage() -> None:
+    torch.manual_seed(0)
+    net = QNetwork(7, hidden=(16,), dueling=True)
+    x = torch.randn(5, 7)
+    feats = net.body(x)
+    value = net.head.value(feats)
+    # mean over actions of Q equals V because the advantages are centered
+    torch.testing.assert_close(net(x).mean(-1, keepdim=True), value)
+
+
+def test_obs_dim_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="positive"):
+        QNetwork(0)
+
+
+@pytest.mark.parametrize(
+    ("level", "groups"),
+    [
+        ("L1_full", ["obs"]),
+        ("L2_partial", ["position", "meters", "here"]),
+        ("L2_partial_fixed", ["position", "meters", "here"]),
+        ("L3_temporal", ["position", "meters", "here", "time"]),
+    ],
+)
+def test_recurrent_network_shapes_and_encoders(level: str, groups: list[str]) -> None:
+    torch.manual_seed(0)
+    lay = layout(level)
+    net = RecurrentQNetwork(lay, hidden_size=24, lstm_layers=2, cnn_channels=(4, 8), window_dim=16, field_dim=8)
+    assert net.group_names == groups
+    assert (net.window is not None) == lay.is_partial
+    if lay.is_partial:
+        assert net.window is not None and net.window.shape == (lay.window_channels, lay.window_side, 5)
+    q, (h, c) = net(torch.randn(3, 7, lay.dim))
+    assert q.shape == (3, 7, 5)
+    assert h.shape == c.shape == (2, 3, 24)
+    h0, c0 = net.initial_state(3, "cpu")
+    assert h0.shape == (2, 3, 24) and not h0.any() and not c0.any()
+    # None state means the zero state
+    torch.testing.assert_close(net(torch.zeros(3, 2, lay.dim))[0], net(torch.zeros(3, 2, lay.dim), (h0, c0))[0])
+
+
+def test_time_and_progress_share_one_encoder() -> None:
+    lay = layout("L3_temporal")
+    net = RecurrentQNetwork(lay, hidden_size=8, field_dim=4)
+    i = net.group_names.index("time")
+    assert net.group_slices[i] == slice(lay["time"].start, lay["progress"].stop)
+    assert net.encoders["time"][0].in_features == 3
+
+
+def test_one_lstm_call_per_forward_and_no_state_in_module() -> None:
+    torch.manual_seed(0)
+    lay = layout("L2_partial")
+    net = RecurrentQNetwork(lay, hidden_size=16, cnn_channels=(4,), window_dim=8, field_dim=4)
+    calls: list[tuple[int, ...]] = []
+    net.lstm.register_forward_hook(lambda _m, inp, _out: calls.append(tuple(inp[0].shape)))
+    obs = torch.randn(2, 11, lay.dim)
+    q1, _ = net(obs)
+    assert calls == [(2, 11, net.lstm_input_size)]  # the whole sequence in one call
+    q2, _ = net(obs)
+    assert torch.equal(q1, q2)  # no hidden state kept between calls
+
+
+def test_sequence_forward_equals_stepwise_forward_with_carried_state() -> None:
+    torch.manual_seed(0)
+    lay = layout("L3_temporal")
+    net = RecurrentQNetwork(lay, hidden_size=16, cnn_channels=(4,), window_dim=8, field_dim=4)
+    obs = torch.randn(3, 6, lay.dim)
+    state = (torch.randn(1, 3, 16), torch.randn(1, 3, 16))
+    q_seq, final = net(obs, state)
+    s = state
+    steps = []
+    for t in range(6):
+        q, s = net(obs[:, t : t + 1], s)
+        steps.append(q)
+    torch.testing.assert_close(torch.cat(steps, 1), q_seq)
+    torch.testing.assert_close(s[0], final[0])
+    torch.testing.assert_close(s[1], final[1])
+
+
+@pytest.mark.parametrize("field", ["window", "position", "meters", "here", "time", "progress"])
+def test_every_field_changes_the_output(field: str) -> None:
+    torch.manual_seed(0)
+    lay = layout("L3_temporal")
+    net = RecurrentQNetwork(lay, hidden_size=16, cnn_channels=(4,), window_dim=8, field_dim=4)
+    obs = torch.rand(4, 3, lay.dim)
+    changed = obs.clone()
+    changed[..., lay[field].slice] += 1.0
+    assert not torch.allclose(net(obs)[0], net(changed)[0])
+    # and only through the observation: the gradient reaches that field's inputs
+    obs.requires_grad_(True)
+    net(obs)[0].sum().backward()
+    assert obs.grad is not None and obs.grad[..., lay[field].slice].abs().sum() > 0
+
+
+def test_forget_bias_initialisation() -> None:
+    net = RecurrentQNetwork(6, hidden_size=4, lstm_layers=2, forget_bias=1.0, encoder_hidden=(8,))
+    for layer in range(2):
+        b = getattr(net.lstm, f"bias_ih_l{layer}") + getattr(net.lstm, f"bias_hh_l{layer}")
+        assert torch.all(b[4:8] == 1.0)
+
+
+def test_recurrent_dueling_and_bad_input() -> None:
+    torch.manual_seed(0)
+    net = RecurrentQNetwork(6, hidden_size=8, dueling=True, head_hidden=None, encoder_hidden=(8,))
+    assert net(torch.randn(2, 4, 6))[0].shape == (2, 4, 5)
+    with pytest.raises(ValueError, match=r"\[B, T, 6\]"):
+        net(torch.randn(2, 6))

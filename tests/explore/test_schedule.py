@@ -1,0 +1,56 @@
+"""The ε schedule: endpoints, shape, clamping, validation."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+
+from townlet.explore import EpsilonSchedule
+
+
+def test_linear_decay() -> None:
+    s = EpsilonSchedule(start=1.0, end=0.1, decay_steps=100)
+    assert s(0) == 1.0
+    assert s.value(50) == pytest.approx(0.55)
+    assert s(100) == pytest.approx(0.1)
+    assert s(10_000) == pytest.approx(0.1)
+    values = [s(t) for t in range(0, 120, 5)]
+    assert all(a >= b for a, b in itertools.pairwise(values))
+
+
+def test_exponential_decay_is_geometric() -> None:
+    s = EpsilonSchedule(start=1.0, end=0.01, decay_steps=100, kind="exponential")
+    assert s(0) == 1.0
+    assert s(50) == pytest.approx(0.1)
+    assert s(100) == pytest.approx(0.01)
+    assert s(500) == pytest.approx(0.01)
+    assert math.log(s(25)) == pytest.approx(0.25 * math.log(0.01))
+
+
+def test_warmup_holds_start() -> None:
+    s = EpsilonSchedule(start=0.9, end=0.1, decay_steps=10, warmup_steps=20)
+    assert s(0) == s(20) == 0.9
+    assert s(25) == pytest.approx(0.5)
+    assert s(30) == pytest.approx(0.1)
+
+
+def test_zero_decay_steps_jumps_to_end() -> None:
+    assert EpsilonSchedule(start=1.0, end=0.2, decay_steps=0)(1) == 0.2
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"start": 1.5},
+        {"end": -0.1},
+        {"decay_steps": -1},
+        {"warmup_steps": -1},
+        {"kind": "cosine"},
+        {"kind": "exponential", "end": 0.0},
+    ],
+)
+def test_invalid_configs(kwargs: dict[str, object]) -> None:
+    with pytest.raises(ValueError):
+        EpsilonSchedule(**kwargs)  # type: ignore[arg-type]
