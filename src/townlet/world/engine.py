@@ -331,8 +331,12 @@ class World:
 
     def compile(self) -> World:
         """Compile the step and observation code with `torch.compile` (fewer, fused ops; first call is slow)."""
-        self._step_fn = torch.compile(self._advance, fullgraph=True, dynamic=False)
-        self._observe_fn = torch.compile(self._observe, fullgraph=True, dynamic=False)
+        # Every World compiles the same methods with its own shapes and constants: allow many variants.
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+        # The C++ wrapper calls the generated kernels without Python in between: it halves N=1 overhead.
+        options = {"cpp_wrapper": self.device.type == "cpu"}
+        self._step_fn = torch.compile(self._advance, fullgraph=True, dynamic=False, options=options)
+        self._observe_fn = torch.compile(self._observe, fullgraph=True, dynamic=False, options=options)
         return self
 
     # ------------------------------------------------------------------ internals
