@@ -242,12 +242,22 @@ class World:
         self,
         depletion: torch.Tensor | float | None = None,
         reward_mode: torch.Tensor | str | None = None,
+        validate: bool = True,
     ) -> None:
         """Per-agent depletion multiplier (scales passive drain and modulation) and reward mode.
 
         `reward_mode` is a name from `REWARD_MODES` for all agents or an int tensor [N] of indices into it.
-        Takes effect from the next step.
+        Takes effect from the next step. `validate=False` skips the range checks (they sync with the device):
+        for callers such as the curriculum whose values are valid by construction.
         """
+        if not validate:
+            if depletion is not None:
+                self.depletion = torch.as_tensor(depletion, dtype=torch.float32, device=self.device).expand(
+                    self.num_agents).clone()
+            if reward_mode is not None:
+                self.reward_mode = torch.as_tensor(reward_mode, device=self.device).long().expand(
+                    self.num_agents).clone()
+            return
         if depletion is not None:
             value = torch.as_tensor(depletion, dtype=torch.float32, device=self.device)
             if value.dim() > 1 or (value.dim() == 1 and value.shape[0] != self.num_agents):
