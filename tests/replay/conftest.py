@@ -91,8 +91,8 @@ def _make_stream(
 ) -> Stream:
     """`length` steps; (t, env) in `terminated`/`truncated` ends that agent's episode at step t.
 
-    reward[t, env] = t + 1 + 100 * env; action = (t + env) % 5; h = t * 100 + env + layer / 2 (+ k / 1000),
-    c = -h.
+    reward[t, env] = t + 1 + 100 * env; intrinsic[t, env] = -(t + 1) / 4 - env / 8 (exact in float32);
+    action = (t + env) % 5; h = t * 100 + env + layer / 2 (+ k / 1000), c = -h.
     """
     stream = Stream(num_envs, spec)
     envs = torch.arange(num_envs)
@@ -111,6 +111,7 @@ def _make_stream(
                 "mask": _make_mask(t, num_envs),
                 "actions": (t + envs) % NUM_ACTIONS,
                 "rewards": (t + 1 + 100 * envs).float(),
+                "intrinsic": -(t + 1) / 4 - envs.float() / 8,
                 "terminated": term,
                 "truncated": trunc,
                 "final_obs": _make_obs(t, num_envs, spec, final=True),

@@ -22,7 +22,8 @@ def make(capacity: int, num_envs: int, obs, **kwargs) -> SequenceReplay:
 
 def fill(buf: SequenceReplay, stream, start: int = 0, stop: int | None = None) -> None:
     for t in range(start, len(stream.steps) if stop is None else stop):
-        buf.add(**{k: v.to(buf.device) for k, v in stream.sequence_args(t).items()})
+        buf.add(**{k: v.to(buf.device) for k, v in stream.sequence_args(t).items()},
+                intrinsic=stream.steps[t]["intrinsic"].to(buf.device))
 
 
 def by_index(batch: SequenceBatch) -> dict[int, int]:
@@ -51,6 +52,7 @@ def check_sequence(buf: SequenceReplay, batch: SequenceBatch, i: int, stream) ->
         term, trunc = bool(raw[t]["terminated"][env]), bool(raw[t]["truncated"][env])
         assert int(batch.actions[i, t]) == int(raw[t]["actions"][env])
         assert float(batch.rewards[i, t]) == float(raw[t]["rewards"][env])
+        assert float(batch.intrinsic[i, t]) == float(raw[t]["intrinsic"][env])
         assert bool(batch.terminated[i, t]) is term
         assert bool(batch.truncated[i, t]) is (trunc and not term)
         assert bool(batch.valid[i, t]) is (end is None or t <= end), (k, env, t)
@@ -67,6 +69,7 @@ def check_all(buf: SequenceReplay, stream, draws: int = 512, seed: int = 0) -> s
     assert batch.masks.shape == (draws, t + 1, A) and batch.masks.dtype == torch.bool
     assert batch.actions.shape == (draws, t) and batch.actions.dtype == torch.int64
     assert batch.valid.shape == (draws, t) and batch.valid.dtype == torch.bool
+    assert batch.intrinsic.shape == (draws, t) and batch.intrinsic.dtype == torch.float32
     assert batch.h0.shape == (layers, draws, hidden) == batch.c0.shape
     assert batch.weights.shape == (draws,) and batch.indices.dtype == torch.int64
     return {check_sequence(buf, batch, i, stream) for i in by_index(batch).values()}
@@ -263,14 +266,14 @@ def test_compact_storage_round_trips_exactly(stream_factory, l2_layout, device) 
     discrete = sum(f.size for f in l2_layout.fields if f.discrete)
     per_obs = discrete + 4 * (l2_layout.dim - discrete)
     rows, slots, n, hidden = 12, 6, 2, 3
-    per_step = 2 * per_obs + 2 * A + 1 + 4 + 1 + 1  # obs, final obs, masks, uint8 action, reward, flags
+    per_step = 2 * per_obs + 2 * A + 1 + 4 + 4 + 1 + 1  # obs, final obs, masks, uint8 action, 2 rewards, flags
     states = 2 * slots * n * hidden * 4
     assert buf.nbytes == rows * n * per_step + states + 6 * 8 + 4
 
 
 def test_nbytes_counts_priorities_and_layers() -> None:
     buf = make(40, 4, 10, lstm_layers=2, hidden_size=8, prioritized=True)  # 10 rows, 5 slots
-    per_step = 2 * 10 * 4 + 2 * A + 1 + 4 + 2
+    per_step = 2 * 10 * 4 + 2 * A + 1 + 4 + 4 + 2
     states = 2 * 2 * 5 * 4 * 8 * 4
     assert buf.nbytes == 10 * 4 * per_step + states + 6 * 8 + 5 * 4 * 4 + 4
 

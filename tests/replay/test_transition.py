@@ -14,7 +14,8 @@ A = 5
 
 def fill(buf: TransitionReplay, stream, device: str = "cpu", upto: int | None = None) -> None:
     for t in range(len(stream.steps) if upto is None else upto):
-        buf.add(**{k: v.to(device) for k, v in stream.transition_args(t).items()})
+        buf.add(**{k: v.to(device) for k, v in stream.transition_args(t).items()},
+                intrinsic=stream.steps[t]["intrinsic"].to(device))
 
 
 def global_step(buf: TransitionReplay, index: int, total: int) -> tuple[int, int]:
@@ -26,10 +27,11 @@ def global_step(buf: TransitionReplay, index: int, total: int) -> tuple[int, int
 
 def expected(stream, g: int, env: int, n: int, gamma: float) -> dict:
     """Brute-force n-step transition from the raw stream."""
-    ret, k = 0.0, 0
+    ret, intrinsic, k = 0.0, 0.0, 0
     for i in range(n):
         s = stream.steps[g + i]
         ret += gamma**i * float(s["rewards"][env])
+        intrinsic += gamma**i * float(s["intrinsic"][env])
         k = i + 1
         if s["terminated"][env] or s["truncated"][env]:
             break
@@ -39,6 +41,7 @@ def expected(stream, g: int, env: int, n: int, gamma: float) -> dict:
         "obs": stream.steps[g]["obs"][env],
         "action": int(stream.steps[g]["actions"][env]),
         "reward": ret,
+        "intrinsic": intrinsic,
         "steps": k,
         "next_obs": last["next_obs"][env],
         "next_mask": last["next_mask"][env],
@@ -60,6 +63,7 @@ def check_all(buf: TransitionReplay, stream, total: int, n: int, gamma: float, d
     batch = buf.sample(draws, torch.Generator(device=buf.device).manual_seed(0))
     assert batch.obs.dtype == torch.float32 and batch.actions.dtype == torch.int64
     assert batch.steps.dtype == torch.int64 and batch.next_mask.dtype == torch.bool
+    assert batch.intrinsic.dtype == torch.float32 and batch.intrinsic.shape == (draws,)
     assert torch.equal(batch.weights, torch.ones(draws, device=buf.device))
     seen = set()
     for idx, i in by_index(batch).items():
@@ -69,6 +73,7 @@ def check_all(buf: TransitionReplay, stream, total: int, n: int, gamma: float, d
         assert torch.equal(batch.obs[i].cpu(), exp["obs"]), (g, env)
         assert int(batch.actions[i]) == exp["action"]
         assert float(batch.rewards[i]) == pytest.approx(exp["reward"], rel=1e-6), (g, env)
+        assert float(batch.intrinsic[i]) == pytest.approx(exp["intrinsic"], rel=1e-6), (g, env)
         assert int(batch.steps[i]) == exp["steps"], (g, env)
         assert torch.equal(batch.next_obs[i].cpu(), exp["next_obs"]), (g, env)
         assert torch.equal(batch.next_mask[i].cpu(), exp["next_mask"]), (g, env)
@@ -128,7 +133,7 @@ def test_only_complete_windows_are_sampleable(stream_factory) -> None:
     lengths = []
     for t in range(4):
         fill_one = stream.transition_args(t)
-        buf.add(**fill_one)
+        buf.add(**fill_one, intrinsic=stream.steps[t]["intrinsic"])
         lengths.append(len(buf))
     assert lengths == [0, 0, 2, 4]
     # step 0's window (ended at once for env 0) still waits with its row; only rows 0 and 1 are sampled
@@ -173,14 +178,14 @@ def test_compact_storage_round_trips_exactly(stream_factory, l2_layout, device) 
     discrete = sum(f.size for f in l2_layout.fields if f.discrete)
     per_obs = discrete + 4 * (l2_layout.dim - discrete)
     assert per_obs < 2 * l2_layout.dim  # the window is stored as int8
-    expected_bytes = 5 * 3 * (2 * per_obs + A + 1 + 4 + 1 + 1) + 8 + 4
+    expected_bytes = 5 * 3 * (2 * per_obs + A + 1 + 4 + 4 + 1 + 1) + 8 + 4  # reward, intrinsic
     assert buf.nbytes == expected_bytes
 
 
 def test_nbytes_is_the_sum_of_the_preallocated_tensors() -> None:
     buf = TransitionReplay(64, 4, 10, num_actions=300, n_step=3)
     rows = 16
-    per_row = 4 * (2 * 10 * 4 + 300 + 2 + 4 + 1 + 1)  # float32 obs twice, mask, int16 action, reward, flags
+    per_row = 4 * (2 * 10 * 4 + 300 + 2 + 4 + 4 + 1 + 1)  # float32 obs x2, mask, int16 action, 2 rewards, flags
     assert buf.nbytes == rows * per_row + 3 * 8 + 3 * 4
 
 

@@ -1,5 +1,7 @@
-"""Exploration: the ε schedule."""
+"""Exploration: the ε schedule, Random Network Distillation curiosity and its annealed weight."""
 
+from townlet.explore.annealing import IntrinsicAnnealing
+from townlet.explore.rnd import RND, RunningMeanStd
 from townlet.explore.schedule import EpsilonSchedule
 
-__all__ = ["EpsilonSchedule"]
+__all__ = ["RND", "EpsilonSchedule", "IntrinsicAnnealing", "RunningMeanStd"]

@@ -9,7 +9,7 @@ arithmetic on the step count, so `add`, `sample` and `len` never wait for the de
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -40,6 +40,9 @@ class SequenceBatch:
     c0: Tensor  # [num_layers, B, hidden]
     weights: Tensor  # [B] float32 importance weights, max 1 (ones when uniform)
     indices: Tensor  # [B] int64 sequence ids (k * num_envs + env) for update_priorities / update_states
+    # [B, T] float32 intrinsic reward of each step, stored apart from `rewards` (None in hand-built batches);
+    # mix with `townlet.replay.with_intrinsic(batch, weight)`
+    intrinsic: Tensor | None = field(default=None)
 
 
 class SequenceReplay:
@@ -120,6 +123,7 @@ class SequenceReplay:
         self._final_mask = torch.zeros(rows, num_envs, num_actions, dtype=torch.bool, device=dev)
         self._actions = torch.zeros(rows, num_envs, dtype=action_dtype(num_actions), device=dev)
         self._rewards = torch.zeros(rows, num_envs, dtype=torch.float32, device=dev)
+        self._intrinsic = torch.zeros(rows, num_envs, dtype=torch.float32, device=dev)
         self._terminated = torch.zeros(rows, num_envs, dtype=torch.bool, device=dev)
         self._truncated = torch.zeros(rows, num_envs, dtype=torch.bool, device=dev)
         state_shape = (lstm_layers, self.num_slots, num_envs, hidden_size)
@@ -146,15 +150,22 @@ class SequenceReplay:
 
     def load_state_dict(self, state: dict[str, object]) -> None:
         tensors = state["tensors"]
-        if not isinstance(tensors, list) or len(tensors) != len(self._tensors):
+        own = self._tensors
+        # a checkpoint from before the intrinsic ring lacks only that last tensor: load it with zero intrinsics
+        legacy = isinstance(tensors, list) and len(tensors) == len(own) - 1
+        if legacy:
+            own = own[:-1]
+        if not isinstance(tensors, list) or len(tensors) != len(own):
             raise ValueError(f"{type(self).__name__} state: expected {len(self._tensors)} tensors")
-        for i, (dst, src) in enumerate(zip(self._tensors, tensors, strict=True)):
+        for i, (dst, src) in enumerate(zip(own, tensors, strict=True)):
             if dst.shape != src.shape or dst.dtype != src.dtype:
                 raise ValueError(
                     f"{type(self).__name__} state tensor {i}: expected {dst.dtype} {list(dst.shape)}, "
                     f"got {src.dtype} {list(src.shape)} (built with a different capacity or layout?)"
                 )
             dst.copy_(src)
+        if legacy:
+            self._intrinsic.zero_()
         self._total = int(state["total"])  # type: ignore[call-overload]
 
     def __len__(self) -> int:
@@ -177,6 +188,7 @@ class SequenceReplay:
             self._steps,
             self._weight,
             self._max_priority,
+            self._intrinsic,  # last: checkpoints from before it existed are this list's prefix
         ]
 
     @property
@@ -197,12 +209,15 @@ class SequenceReplay:
         final_mask: Tensor,
         h: Tensor,
         c: Tensor,
+        *,
+        intrinsic: Tensor | None = None,
     ) -> None:
         """Store one step of all agents.
 
         obs/mask: what the agents acted on; h, c [layers, N, hidden]: the rollout LSTM state before consuming
         obs (zeros at an episode start), kept only at sequence-start rows. final_obs/final_mask are read only
-        where terminated | truncated.
+        where terminated | truncated. `intrinsic` [N] float: the step's intrinsic (curiosity) rewards, stored
+        apart from the extrinsic `rewards` (zeros when omitted).
         """
         n, d, a = self.num_envs, self.obs_dim, self.num_actions
         state = (self.lstm_layers, n, self.hidden_size)
@@ -216,6 +231,8 @@ class SequenceReplay:
         check("final_mask", final_mask, (n, a), "bool")
         check("h", h, state, "float", what=" [lstm_layers, num_envs, hidden_size]")
         check("c", c, state, "float", what=" [lstm_layers, num_envs, hidden_size]")
+        if intrinsic is not None:
+            check("intrinsic", intrinsic, (n,), "float")
         g = self._total
         row = g % self.rows
         if g % self.stride == 0:  # a sequence starts here: it replaces (invalidates) the slot's old one
@@ -230,6 +247,10 @@ class SequenceReplay:
         self._final_mask[row].copy_(final_mask)
         self._actions[row].copy_(actions)
         self._rewards[row].copy_(rewards)
+        if intrinsic is None:
+            self._intrinsic[row].zero_()
+        else:
+            self._intrinsic[row].copy_(intrinsic)
         self._terminated[row].copy_(terminated)
         self._truncated[row].copy_(truncated)
         self._total = g + 1
@@ -291,6 +312,7 @@ class SequenceReplay:
             c0=self._c[:, slot, env],
             weights=weights,
             indices=k * n_env + env,
+            intrinsic=self._intrinsic.view(-1)[steps],
         )
 
     # ------------------------------------------------------------------ write-back

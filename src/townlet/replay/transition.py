@@ -6,7 +6,7 @@ agent's stream is a column, so an n-step return is a look-ahead down the column 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -32,6 +32,9 @@ class TransitionBatch:
     steps: Tensor  # [B] int64, rewards summed (1..n); the bootstrap discount is gamma**steps
     weights: Tensor  # [B] float32 importance weights (ones: uniform sampling)
     indices: Tensor  # [B] int64 flat storage indices row * num_envs + env
+    # [B] float32, discounted sum of the intrinsic rewards of the same `steps` steps as `rewards` (None in
+    # hand-built batches); mix with `townlet.replay.with_intrinsic(batch, weight)`
+    intrinsic: Tensor | None = field(default=None)
 
 
 class TransitionReplay:
@@ -78,6 +81,7 @@ class TransitionReplay:
         self._next_mask = torch.zeros(rows, num_envs, num_actions, dtype=torch.bool, device=dev)
         self._actions = torch.zeros(rows, num_envs, dtype=action_dtype(num_actions), device=dev)
         self._rewards = torch.zeros(rows, num_envs, dtype=torch.float32, device=dev)
+        self._intrinsic = torch.zeros(rows, num_envs, dtype=torch.float32, device=dev)
         self._terminated = torch.zeros(rows, num_envs, dtype=torch.bool, device=dev)
         self._truncated = torch.zeros(rows, num_envs, dtype=torch.bool, device=dev)
         self._offsets = torch.arange(n_step, device=dev)
@@ -96,6 +100,7 @@ class TransitionReplay:
             self._truncated,
             self._offsets,
             self._discounts,
+            self._intrinsic,  # last: checkpoints from before it existed are this list's prefix
         ]
 
     @property
@@ -112,15 +117,22 @@ class TransitionReplay:
 
     def load_state_dict(self, state: dict[str, object]) -> None:
         tensors = state["tensors"]
-        if not isinstance(tensors, list) or len(tensors) != len(self._tensors):
+        own = self._tensors
+        # a checkpoint from before the intrinsic ring lacks only that last tensor: load it with zero intrinsics
+        legacy = isinstance(tensors, list) and len(tensors) == len(own) - 1
+        if legacy:
+            own = own[:-1]
+        if not isinstance(tensors, list) or len(tensors) != len(own):
             raise ValueError(f"{type(self).__name__} state: expected {len(self._tensors)} tensors")
-        for i, (dst, src) in enumerate(zip(self._tensors, tensors, strict=True)):
+        for i, (dst, src) in enumerate(zip(own, tensors, strict=True)):
             if dst.shape != src.shape or dst.dtype != src.dtype:
                 raise ValueError(
                     f"{type(self).__name__} state tensor {i}: expected {dst.dtype} {list(dst.shape)}, "
                     f"got {src.dtype} {list(src.shape)} (built with a different capacity or layout?)"
                 )
             dst.copy_(src)
+        if legacy:
+            self._intrinsic.zero_()
         self._total = int(state["total"])  # type: ignore[call-overload]
 
     def __len__(self) -> int:
@@ -136,12 +148,15 @@ class TransitionReplay:
         next_mask: Tensor,
         terminated: Tensor,
         truncated: Tensor,
+        *,
+        intrinsic: Tensor | None = None,
     ) -> None:
         """Store one environment step of all `num_envs` agents.
 
         next_obs/next_mask: the world's returned obs for agents that continue, `final_obs`/`final_mask` for
         agents whose episode ended at this step. `mask` (the mask of `obs`) is checked but not stored: no
-        learner target needs it.
+        learner target needs it. `intrinsic` [N] float: the step's intrinsic (curiosity) rewards, stored apart
+        from the extrinsic `rewards` (zeros when omitted).
         """
         n, d, a = self.num_envs, self.obs_dim, self.num_actions
         check("obs", obs, (n, d), "float")
@@ -152,12 +167,18 @@ class TransitionReplay:
         check("next_mask", next_mask, (n, a), "bool")
         check("terminated", terminated, (n,), "bool")
         check("truncated", truncated, (n,), "bool")
+        if intrinsic is not None:
+            check("intrinsic", intrinsic, (n,), "float")
         row = self._total % self.rows
         self._obs.write(row, obs)
         self._next_obs.write(row, next_obs)
         self._next_mask[row].copy_(next_mask)
         self._actions[row].copy_(actions)
         self._rewards[row].copy_(rewards)
+        if intrinsic is None:
+            self._intrinsic[row].zero_()
+        else:
+            self._intrinsic[row].copy_(intrinsic)
         self._terminated[row].copy_(terminated)
         self._truncated[row].copy_(truncated)
         self._total += 1
@@ -177,6 +198,7 @@ class TransitionReplay:
         if self.n_step == 1:
             last = flat
             rewards = self._rewards.view(-1)[flat]
+            intrinsic = self._intrinsic.view(-1)[flat]
             steps = torch.ones(batch_size, dtype=torch.int64, device=self.device)
         else:
             window = ((row.unsqueeze(1) + self._offsets) % self.rows) * n_env + env.unsqueeze(1)  # [B, n]
@@ -185,7 +207,9 @@ class TransitionReplay:
             alive = ended_before == 0  # the step still belongs to the sampled transition's episode
             steps = alive.sum(1)
             last = window.gather(1, (steps - 1).unsqueeze(1)).squeeze(1)
-            rewards = (self._rewards.view(-1)[window] * self._discounts * alive).sum(1)
+            weight = self._discounts * alive  # [B, n]: gamma**k on the steps of the episode, 0 after its end
+            rewards = (self._rewards.view(-1)[window] * weight).sum(1)
+            intrinsic = (self._intrinsic.view(-1)[window] * weight).sum(1)
         terminated = self._terminated.view(-1)[last]
         return TransitionBatch(
             obs=obs,
@@ -198,4 +222,5 @@ class TransitionReplay:
             steps=steps,
             weights=torch.ones(batch_size, dtype=torch.float32, device=self.device),
             indices=flat,
+            intrinsic=intrinsic,
         )

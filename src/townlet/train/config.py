@@ -67,6 +67,36 @@ class ExplorationConfig(_Strict):
     schedule: Literal["linear", "exponential"] = "linear"
 
 
+class CuriosityConfig(_Strict):
+    """Random Network Distillation: intrinsic reward for novel next observations, annealed away once the
+    agents survive consistently (variance of survival below a threshold AND mean above a share of the cap)."""
+
+    enabled: bool = False
+    weight: float = Field(default=0.02, ge=0.0, description="initial weight; normalised RND rewards are ~1")
+    decay: float = Field(default=0.99, gt=0.0, le=1.0)
+    floor: float = Field(default=0.0, ge=0.0)
+    window: int = Field(default=100, ge=2)
+    variance_threshold: float = Field(default=2500.0, gt=0.0, description="on episode lengths, ticks^2")
+    min_survival_fraction: float = Field(default=0.5, ge=0.0, le=1.0)
+    lr: float = Field(default=1e-4, gt=0.0)
+    hidden: int = Field(default=256, ge=1)
+    embed: int = Field(default=64, ge=1)
+
+
+class CurriculumConfig(_Strict):
+    """`static`: full difficulty. `adversarial`: five stages per agent, from depletion 0.2 with `shaped`
+    reward to the real game; advance on survival >= advance_rate with policy entropy < entropy_gate,
+    retreat on survival < retreat_rate, after min_episodes in a stage."""
+
+    kind: Literal["static", "adversarial"] = "static"
+    window: int = Field(default=20, ge=1)
+    advance_rate: float = Field(default=0.7, ge=0.0, le=1.0)
+    retreat_rate: float = Field(default=0.3, ge=0.0, le=1.0)
+    entropy_gate: float = Field(default=0.5, ge=0.0, le=1.0)
+    min_episodes: int = Field(default=10, ge=1)
+    temperature: float = Field(default=1.0, gt=0.0, description="softmax temperature of Q for policy entropy")
+
+
 class LoggingConfig(_Strict):
     interval_steps: int = Field(default=20_000, ge=1, description="agent-steps between metric rows")
     checkpoint_every: int = Field(default=250_000, ge=1)
@@ -86,6 +116,8 @@ class RunConfig(_Strict):
     learner: LearnerConfig = LearnerConfig()
     replay: ReplayConfig = ReplayConfig()
     exploration: ExplorationConfig = ExplorationConfig()
+    curiosity: CuriosityConfig = CuriosityConfig()
+    curriculum: CurriculumConfig = CurriculumConfig()
     logging: LoggingConfig = LoggingConfig()
 
     @model_validator(mode="after")

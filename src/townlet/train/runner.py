@@ -18,9 +18,12 @@ import torch
 import yaml
 
 from townlet.agents import QNetwork, RecurrentQNetwork
+from townlet.curriculum import AdversarialCurriculum, Curriculum, StaticCurriculum
+from townlet.explore.annealing import IntrinsicAnnealing
+from townlet.explore.rnd import RND
 from townlet.explore.schedule import EpsilonSchedule
-from townlet.learn import Actor, DQNConfig, DQNLearner, R2D2Config, RecurrentActor, RecurrentLearner
-from townlet.replay import SequenceReplay, TransitionReplay
+from townlet.learn import DQNConfig, DQNLearner, R2D2Config, RecurrentActor, RecurrentLearner, masked_epsilon_greedy
+from townlet.replay import SequenceReplay, TransitionReplay, with_intrinsic
 from townlet.train.checkpoint import (
     CheckpointError,
     atomic_write_text,
@@ -41,6 +44,15 @@ def build_network(config: RunConfig, world: World) -> torch.nn.Module:
     if net.kind == "mlp":
         return QNetwork(world.obs_layout, hidden=net.hidden, dueling=net.dueling, layer_norm=net.layer_norm)
     return RecurrentQNetwork(world.obs_layout, hidden_size=net.lstm_hidden, dueling=net.dueling)
+
+
+def policy_entropy(q: torch.Tensor, mask: torch.Tensor, temperature: float) -> torch.Tensor:
+    """[N] entropy of softmax(q / T) over the valid actions, divided by log(#valid): 0 certain, 1 uniform."""
+    logits = torch.where(mask, q / temperature, torch.finfo(q.dtype).min)
+    logp = torch.log_softmax(logits, dim=-1)
+    h = -(logp.exp() * torch.where(mask, logp, 0.0)).sum(dim=-1)
+    valid = mask.sum(dim=-1)
+    return torch.where(valid > 1, h / valid.clamp(min=2).float().log(), 0.0)
 
 
 @dataclass
@@ -66,11 +78,12 @@ class _EpisodeLog:
     def __init__(self) -> None:
         self.pending: list[tuple[int, dict[str, torch.Tensor]]] = []
 
-    def record(self, env_steps: int, info: dict[str, torch.Tensor]) -> None:
+    def record(self, env_steps: int, info: dict[str, torch.Tensor], stage: torch.Tensor) -> None:
+        """`stage`: each agent's curriculum stage during the step (the ended episodes' stage)."""
         keep = ("done", "episode_length", "episode_return", "cause")
-        self.pending.append((env_steps, {k: info[k] for k in keep}))
+        self.pending.append((env_steps, {**{k: info[k] for k in keep}, "stage": stage}))
 
-    def flush(self, world: World, episode_index: torch.Tensor, stage: torch.Tensor | None) -> list[tuple]:
+    def flush(self, world: World, episode_index: torch.Tensor) -> list[tuple]:
         if not self.pending:
             return []
         steps = torch.tensor([s for s, _ in self.pending])
@@ -81,7 +94,7 @@ class _EpisodeLog:
         # agent a's episode that ended at row t: its current index minus its ends at rows >= t
         ends_from_here = done.flip(0).cumsum(0).flip(0)[t_idx, agents]
         episodes = episode_index.cpu()[agents] - ends_from_here
-        stages = stage.cpu()[agents] if stage is not None else torch.zeros_like(agents)
+        stages = stack["stage"][t_idx, agents]
         rows = []
         for i in range(t_idx.numel()):
             t, a = int(t_idx[i]), int(agents[i])
@@ -122,17 +135,41 @@ class Trainer:
                 stride=rc.stride, hidden_size=config.network.lstm_hidden, device=self.device,
                 prioritized=rc.prioritized,
             )
-            self.actor: Actor | RecurrentActor = RecurrentActor(self.network, n, self.device, self.act_gen)
+            self.actor: RecurrentActor | None = RecurrentActor(self.network, n, self.device, self.act_gen)
             self.transitions_per_update = lc.batch_size * rc.train_len
         else:
             self.learner = DQNLearner(self.network, DQNConfig(**common))
             self.replay = TransitionReplay(
                 rc.capacity, n, self.world.obs_layout, n_step=lc.n_step, gamma=lc.gamma, device=self.device
             )
-            self.actor = Actor(self.network, self.act_gen)
+            self.actor = None  # the MLP acts straight from its Q-values (see collect)
             self.transitions_per_update = lc.batch_size
         ex = config.exploration
         self.epsilon = EpsilonSchedule(ex.start, ex.end, ex.decay_steps, ex.schedule)
+        cc = config.curriculum
+        if cc.kind == "adversarial":
+            self.curriculum: Curriculum = AdversarialCurriculum(
+                n, window=cc.window, advance_rate=cc.advance_rate, retreat_rate=cc.retreat_rate,
+                entropy_gate=cc.entropy_gate, min_episodes=cc.min_episodes, device=self.device,
+            )
+        else:
+            self.curriculum = StaticCurriculum(n, device=self.device)
+        self.curriculum.apply(self.world)
+        self.entropy_sum = torch.zeros(n, device=self.device)  # this episode's summed policy entropy
+        cu = config.curiosity
+        self.rnd = (
+            RND(self.world.obs_dim, hidden=cu.hidden, embed=cu.embed, lr=cu.lr, device=self.device,
+                seed=config.seed + 3)
+            if cu.enabled else None
+        )
+        self.annealing = (
+            IntrinsicAnnealing(cu.weight, cu.decay, cu.window, cu.variance_threshold, cu.min_survival_fraction,
+                               self.level.max_steps, cu.floor)
+            if cu.enabled else None
+        )
+        self.intrinsic_sum = torch.zeros((), device=self.device)  # summed intrinsic reward this log interval
+        self.intrinsic_steps = 0
+        self.unannealed: list[int] = []  # episode lengths not yet shown to the annealing rule
         self.env_steps = 0
         self.update_credit = 0.0
         self.elapsed_before = 0.0  # wall seconds of earlier sessions of this run
@@ -162,7 +199,7 @@ class Trainer:
 
     def state(self, with_replay: bool) -> dict[str, Any]:
         """Everything needed to continue exactly (tensors and plain containers: weights_only-loadable)."""
-        actor_state = {"h": self.actor.h, "c": self.actor.c} if isinstance(self.actor, RecurrentActor) else {}
+        actor_state = {"h": self.actor.h, "c": self.actor.c} if self.actor is not None else {}
         return {
             "format": CHECKPOINT_FORMAT,
             "config": self.config.model_dump(mode="json"),
@@ -179,6 +216,12 @@ class Trainer:
             "act_gen": self.act_gen.get_state(),
             "sample_gen": self.sample_gen.get_state(),
             "replay": self.replay.state_dict() if with_replay else None,
+            "curriculum": self.curriculum.state_dict(),
+            "entropy_sum": self.entropy_sum,
+            "rnd": self.rnd.state_dict() if self.rnd is not None else None,
+            "annealing": self.annealing.state_dict() if self.annealing is not None else None,
+            "intrinsic": [self.intrinsic_sum, self.intrinsic_steps],
+            "unannealed": list(self.unannealed),
         }
 
     def load_state(self, state: dict[str, Any]) -> None:
@@ -192,8 +235,15 @@ class Trainer:
         self._next_log, self._next_ckpt = int(state["next_log"]), int(state["next_ckpt"])
         self.learner.load_state_dict(state["learner"])
         self.world.load_state_dict(state["world"])
-        if isinstance(self.actor, RecurrentActor):
+        if self.actor is not None:
             self.actor.h, self.actor.c = state["actor"]["h"].to(self.device), state["actor"]["c"].to(self.device)
+        self.curriculum.load_state_dict(state["curriculum"])
+        self.entropy_sum = state["entropy_sum"].to(self.device)
+        if self.rnd is not None and self.annealing is not None:
+            self.rnd.load_state_dict(state["rnd"])
+            self.annealing.load_state_dict(state["annealing"])
+        self.intrinsic_sum, self.intrinsic_steps = state["intrinsic"][0].to(self.device), int(state["intrinsic"][1])
+        self.unannealed = list(state["unannealed"])
         self.act_gen.set_state(state["act_gen"])
         self.sample_gen.set_state(state["sample_gen"])
         if state["replay"] is not None:
@@ -226,27 +276,42 @@ class Trainer:
         return left is not None and left <= 0
 
     def collect(self) -> None:
-        """One world step for every agent, stored in replay."""
+        """One world step for every agent, stored in replay; curriculum decisions applied to the world."""
         eps = self.epsilon(self.env_steps)
         world, obs, mask = self.world, self.obs, self.mask
-        if isinstance(self.actor, RecurrentActor):
+        if self.actor is not None:
             step = self.actor.act(obs, mask, eps)
-            actions = step.actions
+            actions, q = step.actions, step.q
         else:
-            actions = self.actor.act(obs, mask, eps)
+            with torch.no_grad():
+                q = self.network(obs)
+            actions = masked_epsilon_greedy(q, mask, eps, self.act_gen)
+        stage = self.curriculum.stage.clone()
         next_obs, reward, terminated, truncated, info = world.step(actions)
         done = info["done"]
         next_mask = world.action_mask()
+        ended = done.view(-1, 1)
+        after = torch.where(ended, info["final_obs"], next_obs)  # the true next observation of each transition
+        intrinsic = None
+        if self.rnd is not None:
+            intrinsic = self.rnd.reward(after)  # novelty of where the action led, not of where it started
+            self.intrinsic_sum += intrinsic.sum()
+            self.intrinsic_steps += world.num_agents
         if isinstance(self.replay, SequenceReplay):
             self.replay.add(obs, mask, actions, reward, terminated, truncated, info["final_obs"],
-                            info["final_mask"], step.h, step.c)
+                            info["final_mask"], step.h, step.c, intrinsic=intrinsic)
             self.actor.reset(done)
         else:
-            ended = done.view(-1, 1)
-            self.replay.add(obs, mask, actions, reward, torch.where(ended, info["final_obs"], next_obs),
-                            torch.where(ended, info["final_mask"], next_mask), terminated, truncated)
+            self.replay.add(obs, mask, actions, reward, after, torch.where(ended, info["final_mask"], next_mask),
+                            terminated, truncated, intrinsic=intrinsic)
+        if isinstance(self.curriculum, AdversarialCurriculum):
+            self.entropy_sum += policy_entropy(q, mask, self.config.curriculum.temperature)
+            mean_entropy = self.entropy_sum / info["episode_length"].clamp(min=1)
+            self.curriculum.update(done, truncated, mean_entropy)
+            self.curriculum.apply(world)  # new stages reach the world from each agent's next episode
+            self.entropy_sum = torch.where(done, 0.0, self.entropy_sum)
         self.env_steps += world.num_agents
-        self.episode_log.record(self.env_steps, info)
+        self.episode_log.record(self.env_steps, info, stage)
         self.obs, self.mask = next_obs, next_mask
 
     def learn(self) -> None:
@@ -258,17 +323,25 @@ class Trainer:
         while self.update_credit >= 1.0:
             self.update_credit -= 1.0
             batch = self.replay.sample(lc.batch_size, self.sample_gen)
+            if self.rnd is not None and self.annealing is not None:
+                batch = with_intrinsic(batch, self.annealing.weight)  # combined now, stored apart
+                if isinstance(self.replay, SequenceReplay):
+                    self.rnd.update(batch.obs[:, 1:].reshape(-1, batch.obs.shape[-1]))
+                else:
+                    self.rnd.update(batch.next_obs)
             stats = self.learner.update(batch)
             if isinstance(self.replay, SequenceReplay) and self.replay.prioritized:
                 self.replay.update_priorities(batch.indices, stats["td_abs"], stats["valid"])
             self.last_stats = stats
 
     def _flush_episodes(self) -> None:
-        rows = self.episode_log.flush(self.world, self.world.episode, None)
+        rows = self.episode_log.flush(self.world, self.world.episode)
         if rows:
             self.db.add_episodes(rows)
             self.episodes_done += len(rows)
             self.recent = (self.recent + [r[3] for r in rows])[-100:]
+            if self.annealing is not None:
+                self.unannealed += [r[3] for r in rows]
 
     def progress(self) -> Progress:
         self._flush_episodes()
@@ -285,6 +358,8 @@ class Trainer:
             loss=loss.item() if loss is not None else None,
             elapsed_s=self.elapsed_before + elapsed,
             budget_left_s=self._budget_left(),
+            stage=self.curriculum.stage.float().mean().item(),
+            extra={"intrinsic_weight": self.annealing.weight} if self.annealing is not None else {},
         )
 
     def _log_interval(self, writer: Any) -> Progress:
@@ -296,8 +371,15 @@ class Trainer:
             "q_mean": s["q_mean"].item() if "q_mean" in s else None,
             "grad_norm": s["grad_norm"].item() if "grad_norm" in s else None,
             "steps_per_s": p.steps_per_s, "episodes": p.episodes,
-            "survival_mean": p.survival_mean, "survival_median": p.survival_median,
+            "survival_mean": p.survival_mean, "survival_median": p.survival_median, "stage_mean": p.stage,
         }
+        if self.annealing is not None:
+            # fed at log intervals (env steps), so a resumed run anneals exactly like an uninterrupted one
+            self.annealing.observe(self.unannealed)
+            self.unannealed = []
+            row["intrinsic_weight"] = self.annealing.weight
+            row["intrinsic_reward"] = (self.intrinsic_sum / max(self.intrinsic_steps, 1)).item()
+            self.intrinsic_sum, self.intrinsic_steps = torch.zeros((), device=self.device), 0
         self.db.add_learner(row)
         self.db.commit()
         if writer is not None:
