@@ -134,7 +134,8 @@ def _run_with_display(trainer, quiet: bool) -> None:
                 typer.echo(
                     f"steps={p.env_steps} sps={p.steps_per_s:.0f} episodes={p.episodes} "
                     f"survival_mean={_fmt(p.survival_mean)} median={_fmt(p.survival_median, '.0f')} "
-                    f"eps={p.epsilon:.3f} loss={_fmt(p.loss, '.4f')}"
+                    f"eps={p.epsilon:.3f} loss={_fmt(p.loss, '.4f')} stage={_fmt(p.stage, '.2f')}"
+                    + "".join(f" {k}={v:.3g}" for k, v in p.extra.items())
                 )
 
         trainer.run(on_progress=log)
@@ -151,8 +152,10 @@ def _run_with_display(trainer, quiet: bool) -> None:
             line = (
                 f"steps {p.env_steps:,} ({p.steps_per_s:,.0f}/s)  episodes {p.episodes:,}  "
                 f"survival mean {_fmt(p.survival_mean)} median {_fmt(p.survival_median, '.0f')}  "
-                f"ε {p.epsilon:.3f}  loss {_fmt(p.loss, '.4f')}  stage {_fmt(p.stage)}  left {left}"
+                f"ε {p.epsilon:.3f}  loss {_fmt(p.loss, '.4f')}  stage {_fmt(p.stage, '.2f')}  left {left}"
             )
+            if "intrinsic_weight" in p.extra:
+                line += f"  curiosity w {p.extra['intrinsic_weight']:.3g}"
             done = p.elapsed_s if by_time else p.env_steps
             bar.update(task, completed=min(done, total), line=line)
 
