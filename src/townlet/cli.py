@@ -201,10 +201,66 @@ def demo(
     minutes: Annotated[float, typer.Option(min=0.1, help="Training budget.")] = 3.0,
     out: Path = Path("runs/demo"),
 ) -> None:
-    """The main job: train L1_full for a few minutes, evaluate, and say where to look."""
+    """The main job: train L1_full for a few minutes, evaluate, write the report, and say where to look."""
     train(target="L1_full", minutes=minutes, out=out, agents=None, steps=None, seed=None, device=None,
-          set_=None, resume=None, quiet=False)
+          set_=None, resume=None, quiet=not sys.stdout.isatty())
     eval_(run=out, episodes=1000, level=None, agents=250, seed=12345, device="cpu", as_json=False)
+    report(run=out, episodes=200, scripted_episodes=50, agents=250, seed=12345, device="cpu")
+    console.print(f"look at: {out / 'report' / 'summary.md'} (plots beside it), "
+                  f"tensorboard --logdir {out / 'tb'}, metrics in {out / 'metrics.sqlite'}")
+
+
+@app.command()
+def report(
+    run: Annotated[Path, typer.Argument(help="A run directory (made by `townlet train`).")],
+    episodes: Annotated[int, typer.Option(min=1, help="Greedy evaluation episodes.")] = 200,
+    scripted_episodes: Annotated[int, typer.Option(min=1, help="Episodes per scripted reference policy.")] = 50,
+    agents: Annotated[int, typer.Option(min=1, help="Episodes played in parallel.")] = 250,
+    seed: int = 12345,
+    device: str = "cpu",
+) -> None:
+    """Plots (survival, return, ε/loss, causes of death, meters of one greedy episode, stage) and a Markdown
+    summary with a greedy evaluation, written atomically into RUN/report/."""
+    from townlet.train.report import ReportError, build_report
+
+    try:
+        result = build_report(run, episodes, scripted_episodes, seed, agents, device,
+                              log=lambda msg: console.print(f"[dim]{msg}[/dim]"))
+    except (ReportError, ConfigError, CheckpointError) as e:
+        raise _fail(str(e)) from None
+    if result.greedy is not None:
+        console.print(f"greedy survival: mean {result.greedy['survival_mean']:.1f}, "
+                      f"median {result.greedy['survival_median']:.0f} ticks over {result.greedy['episodes']} episodes")
+    for path in result.files:
+        console.print(f"  {path}", highlight=False)
+    console.print(f"report written: {result.summary}")
+
+
+@app.command()
+def watch(
+    run: Annotated[Path, typer.Argument(help="A run directory (its newest checkpoint) or a checkpoint file.")],
+    level: Annotated[str | None, typer.Option(help="Play another level (same observation size).")] = None,
+    speed: Annotated[float, typer.Option(min=0.0, help="Ticks/s on a terminal; 0: no delay.")] = 10.0,
+    steps: Annotated[int, typer.Option(min=1, help="Stop after this many ticks if still alive.")] = 500,
+    seed: Annotated[int, typer.Option(min=0, help="World seed (spawn cell, layout).")] = 0,
+    record: Annotated[Path | None, typer.Option(help="Write a GIF: start + 1 frame/tick.")] = None,
+    display: Annotated[bool, typer.Option(help="Show the episode (live on a terminal, log lines otherwise).")] = True,
+    device: str = "cpu",
+) -> None:
+    """Watch one agent play a greedy episode: grid, meters, action, clock, survival and cause of death."""
+    from townlet.train.watch import WatchError
+    from townlet.train.watch import watch as play
+
+    if not display and record is None:
+        raise _fail("--no-display without --record shows and writes nothing")
+    try:
+        result = play(run, level, speed, steps, seed, record, display, console, device)
+    except WatchError as e:
+        raise _fail(str(e)) from None
+    end = f"ended by {result.cause}" if result.cause else "still alive"
+    console.print(f"{result.level}: {result.ticks} ticks, {end}, return {result.episode_return:.1f}", highlight=False)
+    if result.record is not None:
+        console.print(f"recorded {result.frames} frames: {result.record}", highlight=False)
 
 
 def main() -> None:  # pragma: no cover - console entry point

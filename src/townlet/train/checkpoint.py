@@ -33,6 +33,7 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
         write(tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes owner-only files; results are meant to be shared
         os.replace(tmp, path)
         dir_fd = os.open(path.parent, os.O_RDONLY)
         try:
@@ -71,7 +72,8 @@ def save_checkpoint(directory: Path, step: int, state: dict[str, Any], keep: int
 def load_checkpoint(path: Path) -> dict[str, Any]:
     """Load one checkpoint file with `weights_only=True` (tensors and plain containers only)."""
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        # mmap: reading the weights of a checkpoint does not read its (large) replay buffer
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as e:  # torch raises several types for truncated or foreign files
         raise CheckpointError(f"{path}: not a readable townlet checkpoint ({type(e).__name__}: {e})") from None
     if not isinstance(state, dict) or "format" not in state:

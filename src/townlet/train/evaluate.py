@@ -18,7 +18,8 @@ def load_agent(
 ) -> tuple[RunConfig, LevelConfig, torch.nn.Module]:
     """(run config, level, online network in eval mode) from a run directory or a checkpoint file."""
     config, state = load_for_eval(Path(path))
-    level_config = load_level(level or config.level)
+    # the level the agent was trained on travels in the checkpoint, so a moved level file does not matter
+    level_config = load_level(level) if level else LevelConfig.model_validate(state["level"])
     probe = World(level_config, 1, device=device)
     network = build_network(config, probe).to(device)
     network.load_state_dict(state["learner"]["online"])

@@ -4,7 +4,7 @@ Tables (`metrics.sqlite` in the run directory):
 - `episodes`: one row per finished episode: env step when it ended, agent, its episode index, length, return,
   cause of the end, curriculum stage.
 - `learner`: one row per log interval: env steps, wall seconds, updates, epsilon, loss, mean Q, gradient norm,
-  steps/s, and the survival of the episodes that ended in the interval.
+  steps/s, and the mean and median survival of the last 100 finished episodes.
 """
 
 from __future__ import annotations
@@ -44,10 +44,13 @@ CREATE TABLE IF NOT EXISTS learner ({", ".join(f"{c} REAL" for c in LEARNER_COLU
 class MetricsDB:
     """Append-only metrics store; `truncate_after(step)` drops rows past a checkpoint when a run resumes."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, read_only: bool = False) -> None:
         self.path = Path(path)
-        self.conn = sqlite3.connect(self.path)
-        self.conn.executescript(_SCHEMA)
+        if read_only:
+            self.conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True)
+        else:
+            self.conn = sqlite3.connect(self.path)
+            self.conn.executescript(_SCHEMA)
 
     def add_episodes(self, rows: list[tuple[Any, ...]]) -> None:
         if rows:
@@ -86,7 +89,7 @@ def read_metrics(run_dir: Path) -> tuple[list[dict[str, Any]], list[dict[str, An
     path = Path(run_dir) / "metrics.sqlite"
     if not path.exists():
         raise FileNotFoundError(f"{path}: no metrics; is {run_dir} a townlet run directory?")
-    db = MetricsDB(path)
+    db = MetricsDB(path, read_only=True)
     try:
         return db.episodes(), db.learner()
     finally:

@@ -203,6 +203,7 @@ class Trainer:
         return {
             "format": CHECKPOINT_FORMAT,
             "config": self.config.model_dump(mode="json"),
+            "level": self.level.model_dump(mode="json"),
             "env_steps": self.env_steps,
             "update_credit": self.update_credit,
             "elapsed_s": self.elapsed_before + self._elapsed(),
