@@ -37,6 +37,9 @@ def timed_rate(step, n_agents: int, seconds: float, repeats: int) -> float:
 
 
 def world_rate(level: str, n_agents: int, compiled: bool, seconds: float, repeats: int) -> float:
+    # One world per process is the normal case; without a reset every earlier world's compiled variant
+    # would be guard-checked first on each call.
+    torch._dynamo.reset()
     world = World(load_level(level), n_agents, seed=0, compile=compiled)
     gen = torch.Generator().manual_seed(0)
     actions = []

@@ -179,7 +179,12 @@ class World:
         self._money = m_index["money"]
         self._energy, self._health = m_index["energy"], m_index["health"]
         self._moves = torch.tensor([[0, -1], [0, 1], [-1, 0], [1, 0], [0, 0]], dtype=torch.long, device=dev)
-        self._rw = cfg.rewards
+        r = cfg.rewards  # plain numbers: the compiled step then guards on few, cheap values
+        self._reward_numbers = (
+            r.milestone.every, r.milestone.bonus, r.milestone.big_every, r.milestone.big_bonus, r.milestone.death,
+            r.survival.per_tick, r.survival.death, r.shaped.weight,
+        )
+        self._max_steps = cfg.max_steps
 
     def _build_layouts(self) -> None:
         """All layouts an episode can draw, as tensors: one for `fixed`, a seeded pool for `random`."""
@@ -384,7 +389,7 @@ class World:
         empty = meters[:, self._terminal] < _EPS
         terminated = empty.any(dim=1)
         steps = self.steps + 1
-        truncated = (steps >= self.config.max_steps) & ~terminated
+        truncated = (steps >= self._max_steps) & ~terminated
         reward = self._reward(terminated, steps, meters)
         episode_return = self.episode_return + reward
         hour = self.hour
@@ -447,14 +452,13 @@ class World:
         return torch.stack([y > 0, y < g - 1, x > 0, x < g - 1, usable], dim=1)
 
     def _reward(self, died: torch.Tensor, t: torch.Tensor, meters: torch.Tensor) -> torch.Tensor:
-        rw = self._rw
-        ms = rw.milestone
-        milestone = ms.bonus * (t % ms.every == 0) + ms.big_bonus * (t % ms.big_every == 0)
-        alive = torch.full_like(self.depletion, rw.survival.per_tick)
-        shaped = alive + rw.shaped.weight * torch.minimum(meters[:, self._energy], meters[:, self._health])
+        every, bonus, big_every, big_bonus, milestone_death, per_tick, survival_death, weight = self._reward_numbers
+        milestone = bonus * (t % every == 0) + big_bonus * (t % big_every == 0)
+        alive = torch.full_like(self.depletion, per_tick)
+        shaped = alive + weight * torch.minimum(meters[:, self._energy], meters[:, self._health])
         table = torch.stack([milestone.float(), alive, shaped], dim=1)
         reward = table.gather(1, self.reward_mode.view(-1, 1)).squeeze(1)
-        death = torch.where(self.reward_mode == 0, ms.death, rw.survival.death)
+        death = torch.where(self.reward_mode == 0, milestone_death, survival_death)
         return torch.where(died, death, reward)
 
     def _begin_episodes(self, starting: torch.Tensor) -> None:
