@@ -126,15 +126,8 @@ def test_state_dict_round_trip_keeps_intrinsic_rewards(stream_factory) -> None:
         x, y = a.sample(32, torch.Generator().manual_seed(5)), b.sample(32, torch.Generator().manual_seed(5))
         assert torch.equal(x.indices, y.indices) and torch.equal(x.intrinsic, y.intrinsic)
         assert x.intrinsic.ne(0).any()
-        # a checkpoint written before the intrinsic ring existed loads, with zero intrinsic rewards
-        legacy = {"total": state["total"], "tensors": [t for t in state["tensors"] if t is not a._intrinsic]}
-        c = make()
-        fill(c, stream)
-        c.load_state_dict(legacy)
-        z = c.sample(32, torch.Generator().manual_seed(5))
-        assert torch.equal(z.rewards, x.rewards) and not z.intrinsic.any()
-        with pytest.raises(ValueError, match="tensors"):
-            c.load_state_dict({"total": 0, "tensors": legacy["tensors"][:-1]})
+        with pytest.raises(ValueError, match="tensors"):  # a state missing the intrinsic ring is refused
+            b.load_state_dict({"total": 0, "tensors": [t for t in state["tensors"] if t is not a._intrinsic]})
 
 
 @pytest.mark.parametrize(

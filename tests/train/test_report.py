@@ -8,29 +8,18 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from tests.train import runs
 from townlet.cli import app
-from townlet.train import Trainer, load_run_config
 from townlet.train import report as report_mod
 from townlet.train.metrics import read_metrics
 from townlet.train.report import ReportError, build_report, plot_learner, plot_stage, rolling
-from townlet.train.watch import few_threads
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 SMALL = {"episodes": 12, "scripted_episodes": 4, "agents": 12}
 
 
 def make_run(path: Path, steps: int = 4000, **extra: object) -> Path:
-    """A few thousand steps of L0_minimal: episodes, learner rows with some updates, one checkpoint."""
-    overrides = {
-        "steps": steps, "agents": 16, "seed": 3,
-        "learner": {"learning_starts": 1000, "batch_size": 32},
-        "replay": {"capacity": 5000},
-        "logging": {"interval_steps": 1000, "checkpoint_every": 10**9, "tensorboard": False, "save_replay": False},
-        **extra,
-    }
-    with few_threads("cpu"):
-        Trainer(load_run_config("L0_minimal", overrides), path).run()
-    return path
+    return runs.make_run(path, steps, seed=3, capacity=5000, **extra)
 
 
 @pytest.fixture(scope="module")

@@ -10,25 +10,16 @@ import pytest
 from rich.console import Console
 from typer.testing import CliRunner
 
+from tests.train import runs
 from townlet.cli import app
-from townlet.train import Trainer, load_run_config
 from townlet.train.checkpoint import list_checkpoints
 from townlet.train.evaluate import load_agent
-from townlet.train.watch import WatchError, abbreviations, few_threads, greedy_episode, watch
+from townlet.train.watch import WatchError, abbreviations, greedy_episode, watch
 from townlet.world import METER_NAMES, load_level
 
 
 def make_run(path: Path, steps: int = 2000, **extra: object) -> Path:
-    overrides = {
-        "steps": steps, "agents": 16, "seed": 5,
-        "learner": {"learning_starts": 1000, "batch_size": 32},
-        "replay": {"capacity": 4000},
-        "logging": {"interval_steps": 1000, "checkpoint_every": 10**9, "tensorboard": False, "save_replay": False},
-        **extra,
-    }
-    with few_threads("cpu"):
-        Trainer(load_run_config("L0_minimal", overrides), path).run()
-    return path
+    return runs.make_run(path, steps, seed=5, capacity=4000, **extra)
 
 
 @pytest.fixture(scope="module")

@@ -117,3 +117,30 @@ def check_sample_args(batch_size: int, available: int, owner: str) -> None:
         raise ValueError(f"batch_size: expected a positive int, got {batch_size!r}")
     if available == 0:
         raise ValueError(f"{owner}.sample: nothing is sampleable yet (len() == 0); add more steps first")
+
+
+class RingState:
+    """Checkpoint support for a ring buffer: its preallocated `_tensors` and its host-side `_total` counter."""
+
+    _total: int
+
+    @property
+    def _tensors(self) -> list[Tensor]:
+        raise NotImplementedError
+
+    def state_dict(self) -> dict[str, object]:
+        """Contents and counters, for checkpoints (tensors only: loadable with weights_only=True)."""
+        return {"total": self._total, "tensors": list(self._tensors)}
+
+    def load_state_dict(self, state: dict[str, object]) -> None:
+        tensors, own = state["tensors"], self._tensors
+        if not isinstance(tensors, list) or len(tensors) != len(own):
+            raise ValueError(f"{type(self).__name__} state: expected {len(own)} tensors")
+        for i, (dst, src) in enumerate(zip(own, tensors, strict=True)):
+            if dst.shape != src.shape or dst.dtype != src.dtype:
+                raise ValueError(
+                    f"{type(self).__name__} state tensor {i}: expected {dst.dtype} {list(dst.shape)}, "
+                    f"got {src.dtype} {list(src.shape)} (built with a different capacity or layout?)"
+                )
+            dst.copy_(src)
+        self._total = int(state["total"])  # type: ignore[call-overload]

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from townlet.replay.compact import CompactObs, action_dtype, check, check_sample_args, nbytes
+from townlet.replay.compact import CompactObs, RingState, action_dtype, check, check_sample_args, nbytes
 from townlet.world.observation import ObsLayout
 
 _MAX_CATEGORIES = 2**24  # torch.multinomial draws from at most this many categories
@@ -45,7 +45,7 @@ class SequenceBatch:
     intrinsic: Tensor | None = field(default=None)
 
 
-class SequenceReplay:
+class SequenceReplay(RingState):
     """Preallocated ring of agent streams, sampled as sequences with optional R2D2 prioritisation.
 
     `capacity` counts stored steps (agent-steps, like TransitionReplay); the ring keeps
@@ -144,30 +144,6 @@ class SequenceReplay:
         hi = newest_start // self.stride + 1 if newest_start >= 0 else 0
         return lo, max(lo, hi)
 
-    def state_dict(self) -> dict[str, object]:
-        """Contents and counters, for checkpoints (tensors only: loadable with weights_only=True)."""
-        return {"total": self._total, "tensors": list(self._tensors)}
-
-    def load_state_dict(self, state: dict[str, object]) -> None:
-        tensors = state["tensors"]
-        own = self._tensors
-        # a checkpoint from before the intrinsic ring lacks only that last tensor: load it with zero intrinsics
-        legacy = isinstance(tensors, list) and len(tensors) == len(own) - 1
-        if legacy:
-            own = own[:-1]
-        if not isinstance(tensors, list) or len(tensors) != len(own):
-            raise ValueError(f"{type(self).__name__} state: expected {len(self._tensors)} tensors")
-        for i, (dst, src) in enumerate(zip(own, tensors, strict=True)):
-            if dst.shape != src.shape or dst.dtype != src.dtype:
-                raise ValueError(
-                    f"{type(self).__name__} state tensor {i}: expected {dst.dtype} {list(dst.shape)}, "
-                    f"got {src.dtype} {list(src.shape)} (built with a different capacity or layout?)"
-                )
-            dst.copy_(src)
-        if legacy:
-            self._intrinsic.zero_()
-        self._total = int(state["total"])  # type: ignore[call-overload]
-
     def __len__(self) -> int:
         lo, hi = self._live_range()
         return (hi - lo) * self.num_envs
@@ -188,7 +164,7 @@ class SequenceReplay:
             self._steps,
             self._weight,
             self._max_priority,
-            self._intrinsic,  # last: checkpoints from before it existed are this list's prefix
+            self._intrinsic,
         ]
 
     @property

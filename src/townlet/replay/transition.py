@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from townlet.replay.compact import CompactObs, action_dtype, check, check_sample_args, nbytes
+from townlet.replay.compact import CompactObs, RingState, action_dtype, check, check_sample_args, nbytes
 from townlet.world.observation import ObsLayout
 
 
@@ -37,7 +37,7 @@ class TransitionBatch:
     intrinsic: Tensor | None = field(default=None)
 
 
-class TransitionReplay:
+class TransitionReplay(RingState):
     """Preallocated ring of transitions from `num_envs` agents stepping in lockstep.
 
     `capacity` counts transitions (agent-steps); it is rounded down to a multiple of `num_envs`. A stored
@@ -100,7 +100,7 @@ class TransitionReplay:
             self._truncated,
             self._offsets,
             self._discounts,
-            self._intrinsic,  # last: checkpoints from before it existed are this list's prefix
+            self._intrinsic,
         ]
 
     @property
@@ -110,30 +110,6 @@ class TransitionReplay:
 
     def _sampleable_rows(self) -> int:
         return max(0, min(self._total, self.rows) - (self.n_step - 1))
-
-    def state_dict(self) -> dict[str, object]:
-        """Contents and counters, for checkpoints (tensors only: loadable with weights_only=True)."""
-        return {"total": self._total, "tensors": list(self._tensors)}
-
-    def load_state_dict(self, state: dict[str, object]) -> None:
-        tensors = state["tensors"]
-        own = self._tensors
-        # a checkpoint from before the intrinsic ring lacks only that last tensor: load it with zero intrinsics
-        legacy = isinstance(tensors, list) and len(tensors) == len(own) - 1
-        if legacy:
-            own = own[:-1]
-        if not isinstance(tensors, list) or len(tensors) != len(own):
-            raise ValueError(f"{type(self).__name__} state: expected {len(self._tensors)} tensors")
-        for i, (dst, src) in enumerate(zip(own, tensors, strict=True)):
-            if dst.shape != src.shape or dst.dtype != src.dtype:
-                raise ValueError(
-                    f"{type(self).__name__} state tensor {i}: expected {dst.dtype} {list(dst.shape)}, "
-                    f"got {src.dtype} {list(src.shape)} (built with a different capacity or layout?)"
-                )
-            dst.copy_(src)
-        if legacy:
-            self._intrinsic.zero_()
-        self._total = int(state["total"])  # type: ignore[call-overload]
 
     def __len__(self) -> int:
         return self._sampleable_rows() * self.num_envs

@@ -1,0 +1,22 @@
+"""Tiny training runs that the report and watch tests read back."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from townlet.train import Trainer, load_run_config
+from townlet.train.watch import few_threads
+
+
+def make_run(path: Path, steps: int = 2000, seed: int = 5, capacity: int = 4000, **extra: object) -> Path:
+    """`steps` agent-steps of L0_minimal with 16 agents: episodes, learner rows, one final checkpoint."""
+    overrides = {
+        "steps": steps, "agents": 16, "seed": seed,
+        "learner": {"learning_starts": 1000, "batch_size": 32},
+        "replay": {"capacity": capacity},
+        "logging": {"interval_steps": 1000, "checkpoint_every": 10**9, "tensorboard": False, "save_replay": False},
+        **extra,
+    }
+    with few_threads("cpu"):
+        Trainer(load_run_config("L0_minimal", overrides), path).run()
+    return path
