@@ -175,3 +175,12 @@ def test_cli_train_resume_and_eval(tmp_path):
     assert result.exit_code == 2 and "replay.capacty: unknown field" in result.output
     result = runner.invoke(app, ["eval", str(tmp_path / "nowhere")])
     assert result.exit_code == 2 and "no such run directory" in result.output
+
+
+def test_recurrent_agent_evaluates_with_memory_reset_per_episode(tmp_path):
+    from townlet.train.evaluate import evaluate
+
+    Trainer(small_config("L2_partial_fixed", 800, **RECURRENT), tmp_path).run()
+    result = evaluate(tmp_path, episodes=8, agents=4, scripted=False)
+    assert result["episodes"] == 8 and result["level"] == "L2_partial_fixed"
+    assert 1 <= result["survival_mean"] <= 500 and "scripted" not in result
