@@ -155,7 +155,7 @@ def _run_with_display(trainer, quiet: bool) -> None:
                 f"ε {p.epsilon:.3f}  loss {_fmt(p.loss, '.4f')}  stage {_fmt(p.stage, '.2f')}  left {left}"
             )
             if "intrinsic_weight" in p.extra:
-                line += f"  curiosity w {p.extra['intrinsic_weight']:.3g}"
+                line += f"  curiosity w {p.extra['intrinsic_weight']:.3g} r_int {p.extra['intrinsic_reward']:.3g}"
             done = p.elapsed_s if by_time else p.env_steps
             bar.update(task, completed=min(done, total), line=line)
 

@@ -360,7 +360,11 @@ class Trainer:
             elapsed_s=self.elapsed_before + elapsed,
             budget_left_s=self._budget_left(),
             stage=self.curriculum.stage.float().mean().item(),
-            extra={"intrinsic_weight": self.annealing.weight} if self.annealing is not None else {},
+            extra=(
+                {"intrinsic_weight": self.annealing.weight,
+                 "intrinsic_reward": (self.intrinsic_sum / max(self.intrinsic_steps, 1)).item()}
+                if self.annealing is not None else {}
+            ),
         )
 
     def _log_interval(self, writer: Any) -> Progress:
