@@ -157,7 +157,7 @@ def test_cli_train_resume_and_eval(tmp_path):
     runner = CliRunner()
     run_dir = tmp_path / "run"
     sets = ["--set", "learner.learning_starts=300", "--set", "logging.tensorboard=false",
-            "--set", "logging.interval_steps=500"]
+            "--set", "logging.interval_steps=500", "--set", "replay.capacity=5000"]
     result = runner.invoke(app, ["train", "L0_minimal", "--steps", "1000", "--agents", "4", "--out", str(run_dir),
                                  "--quiet", *sets])
     assert result.exit_code == 0, result.output
