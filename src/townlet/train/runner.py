@@ -115,7 +115,8 @@ class Trainer:
         self.device = torch.device(config.device)
         torch.manual_seed(config.seed)
         self.level = load_level(config.level)
-        self.world = World(self.level, config.agents, device=self.device, seed=config.seed)
+        # actions come from a masked argmax, always in range: skip the per-step check (a host sync on CUDA)
+        self.world = World(self.level, config.agents, device=self.device, seed=config.seed, validate_actions=False)
         self.recurrent = config.network.kind == "lstm"
         self.network = build_network(config, self.world).to(self.device)
         lc, rc = config.learner, config.replay
