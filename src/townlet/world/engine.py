@@ -243,6 +243,10 @@ class World:
         """[N] id of the affordance under each agent, -1 for none."""
         return self._affordance_id(self.positions, self.layout_id)
 
+    def is_open(self, affordance: int) -> torch.Tensor:
+        """[N] bool: whether affordance `affordance` (an id) is open at each agent's current hour."""
+        return self._tables.open_at[affordance + 1, self.hour]
+
     def set_difficulty(
         self,
         depletion: torch.Tensor | float | None = None,

@@ -57,7 +57,7 @@ class NeedsPolicy:
         aff = self._ids[name]
         if aff < 0:
             return torch.zeros(world.num_agents, dtype=torch.bool, device=world.device)
-        return world._tables.open_at[aff + 1, world.hour]
+        return world.is_open(aff)
 
     def act(self, world: World) -> torch.Tensor:
         th, m, n, dev = self.thresholds, world.meters, world.num_agents, world.device
