@@ -43,23 +43,12 @@ def test_obs_dim_must_be_positive() -> None:
         QNetwork(0)
 
 
-@pytest.mark.parametrize(
-    ("level", "groups"),
-    [
-        ("L1_full", ["obs"]),
-        ("L2_partial", ["position", "meters", "here"]),
-        ("L2_partial_fixed", ["position", "meters", "here"]),
-        ("L3_temporal", ["position", "meters", "here", "time"]),
-    ],
-)
-def test_recurrent_network_shapes_and_encoders(level: str, groups: list[str]) -> None:
+@pytest.mark.parametrize("level", ["L1_full", "L2_partial", "L2_partial_fixed", "L3_temporal"])
+def test_recurrent_network_shapes_from_the_layout(level: str) -> None:
     torch.manual_seed(0)
     lay = layout(level)
-    net = RecurrentQNetwork(lay, hidden_size=24, lstm_layers=2, cnn_channels=(4, 8), window_dim=16, field_dim=8)
-    assert net.group_names == groups
-    assert (net.window is not None) == lay.is_partial
-    if lay.is_partial:
-        assert net.window is not None and net.window.shape == (lay.window_channels, lay.window_side, 5)
+    net = RecurrentQNetwork(lay, hidden_size=24, lstm_layers=2, encoder_hidden=(32, 16))
+    assert net.encoder[0].in_features == lay.dim and net.lstm_input_size == 16
     q, (h, c) = net(torch.randn(3, 7, lay.dim))
     assert q.shape == (3, 7, 5)
     assert h.shape == c.shape == (2, 3, 24)
@@ -69,18 +58,10 @@ def test_recurrent_network_shapes_and_encoders(level: str, groups: list[str]) ->
     torch.testing.assert_close(net(torch.zeros(3, 2, lay.dim))[0], net(torch.zeros(3, 2, lay.dim), (h0, c0))[0])
 
 
-def test_time_and_progress_share_one_encoder() -> None:
-    lay = layout("L3_temporal")
-    net = RecurrentQNetwork(lay, hidden_size=8, field_dim=4)
-    i = net.group_names.index("time")
-    assert net.group_slices[i] == slice(lay["time"].start, lay["progress"].stop)
-    assert net.encoders["time"][0].in_features == 3
-
-
 def test_one_lstm_call_per_forward_and_no_state_in_module() -> None:
     torch.manual_seed(0)
     lay = layout("L2_partial")
-    net = RecurrentQNetwork(lay, hidden_size=16, cnn_channels=(4,), window_dim=8, field_dim=4)
+    net = RecurrentQNetwork(lay, hidden_size=16, encoder_hidden=(32,))
     calls: list[tuple[int, ...]] = []
     net.lstm.register_forward_hook(lambda _m, inp, _out: calls.append(tuple(inp[0].shape)))
     obs = torch.randn(2, 11, lay.dim)
@@ -93,7 +74,7 @@ def test_one_lstm_call_per_forward_and_no_state_in_module() -> None:
 def test_sequence_forward_equals_stepwise_forward_with_carried_state() -> None:
     torch.manual_seed(0)
     lay = layout("L3_temporal")
-    net = RecurrentQNetwork(lay, hidden_size=16, cnn_channels=(4,), window_dim=8, field_dim=4)
+    net = RecurrentQNetwork(lay, hidden_size=16, encoder_hidden=(32,))
     obs = torch.randn(3, 6, lay.dim)
     state = (torch.randn(1, 3, 16), torch.randn(1, 3, 16))
     q_seq, final = net(obs, state)
@@ -111,7 +92,7 @@ def test_sequence_forward_equals_stepwise_forward_with_carried_state() -> None:
 def test_every_field_changes_the_output(field: str) -> None:
     torch.manual_seed(0)
     lay = layout("L3_temporal")
-    net = RecurrentQNetwork(lay, hidden_size=16, cnn_channels=(4,), window_dim=8, field_dim=4)
+    net = RecurrentQNetwork(lay, hidden_size=16, encoder_hidden=(32,))
     obs = torch.rand(4, 3, lay.dim)
     changed = obs.clone()
     changed[..., lay[field].slice] += 1.0
@@ -135,3 +116,21 @@ def test_recurrent_dueling_and_bad_input() -> None:
     assert net(torch.randn(2, 4, 6))[0].shape == (2, 4, 5)
     with pytest.raises(ValueError, match=r"\[B, T, 6\]"):
         net(torch.randn(2, 6))
+
+
+def test_memoryless_core_sees_only_the_current_step() -> None:
+    """memory=False (the ablation): same encoders, no LSTM; each step's Q depends on that step's obs only."""
+    torch.manual_seed(0)
+    layout = ObsLayout.for_level(load_level("L2_partial"))
+    net = RecurrentQNetwork(layout, hidden_size=32, memory=False)
+    assert not any(isinstance(m, torch.nn.LSTM) for m in net.modules())
+    obs = torch.randn(3, 6, layout.dim)
+    state = net.initial_state(3)
+    q, out_state = net(obs, state)
+    assert q.shape == (3, 6, 5) and out_state is state
+    changed = obs.clone()
+    changed[:, 2] += 1.0
+    q2, _ = net(changed, (state[0] + 1.0, state[1]))
+    torch.testing.assert_close(q2[:, :2], q[:, :2], rtol=0, atol=0)
+    torch.testing.assert_close(q2[:, 3:], q[:, 3:], rtol=0, atol=0)
+    assert not torch.allclose(q2[:, 2], q[:, 2])

@@ -184,6 +184,51 @@ def test_sequence_targets_match_a_stepwise_reference() -> None:
     assert valid.tolist() == [[True] * 4, [True, True, False, False], [True, True, True, False], [False] * 4]
 
 
+@pytest.mark.parametrize("n_step", [2, 3, 10])
+def test_n_step_sequence_targets_match_a_stepwise_reference(n_step: int) -> None:
+    """y_t sums up to n rewards and bootstraps gamma^m later, stopping at the window end and the episode end
+    (no bootstrap after a termination; a truncation bootstraps from the final obs)."""
+    online, target = nets()
+    batch = sequence_batch()
+    y, _, valid = compute_sequence_targets(batch, online, target, BURN, GAMMA, n_step=n_step)
+    q_on, q_tg = stepwise_q(online, batch), stepwise_q(target, batch)
+    for b in range(B):
+        for j in range(TRAIN):
+            t = BURN + j
+            if not valid[b, j]:
+                continue
+            ret, k = 0.0, 0
+            while True:  # walk forward: at most n steps, not past the window, stop at an episode end
+                ret += GAMMA**k * float(batch.rewards[b, t + k])
+                k += 1
+                ended = bool(batch.terminated[b, t + k - 1] or batch.truncated[b, t + k - 1])
+                if k == n_step or t + k == T or ended:
+                    break
+            last = t + k - 1
+            best = masked_argmax(q_on[b, last + 1], batch.masks[b, last + 1])
+            boot = 0.0 if batch.terminated[b, last] else GAMMA**k * float(q_tg[b, last + 1, best])
+            assert float(y[b, j]) == pytest.approx(ret + boot, abs=1e-5), (b, j, n_step)
+    # n-step differs from 1-step where more than one reward fits before the window or episode end
+    y1 = compute_sequence_targets(batch, online, target, BURN, GAMMA)[0]
+    assert not torch.allclose(y[0, :-1], y1[0, :-1])
+    torch.testing.assert_close(y[0, -1], y1[0, -1])  # the last step's window end leaves one reward
+    torch.testing.assert_close(y[1, 1], y1[1, 1])  # the terminal step itself: its reward only
+
+
+def test_zero_start_state_ignores_the_stored_state() -> None:
+    online, target = nets()
+    batch = sequence_batch()
+    zero = replace(batch, h0=torch.zeros_like(batch.h0), c0=torch.zeros_like(batch.c0))
+    ignored = sequence_td(batch, online, target, BURN, GAMMA, zero_start_state=True)
+    reference = sequence_td(zero, online, target, BURN, GAMMA)
+    torch.testing.assert_close(ignored.targets, reference.targets, rtol=0, atol=0)
+    torch.testing.assert_close(ignored.q_taken, reference.q_taken, rtol=0, atol=0)
+    stored = sequence_td(batch, online, target, BURN, GAMMA)
+    assert not torch.allclose(stored.q_taken, reference.q_taken)
+    with pytest.raises(ValueError, match="n_step"):
+        sequence_td(batch, online, target, BURN, GAMMA, n_step=0)
+
+
 def perturb_after_ends(batch: SBatch, nan: bool) -> SBatch:
     """Change everything after each row's first episode end (obs/masks after e + 1, the rest after e)."""
     g = torch.Generator().manual_seed(7)

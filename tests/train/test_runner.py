@@ -47,7 +47,12 @@ def learner_rows(run_dir: Path) -> list[dict]:
     return [{k: v for k, v in row.items() if k not in ("wall_s", "steps_per_s")} for row in read_metrics(run_dir)[1]]
 
 
-@pytest.mark.parametrize(("level", "extra"), [("L0_minimal", {}), ("L2_partial_fixed", RECURRENT)])
+LR_DECAY = {"learner": {**SMALL["learner"], "lr": 1e-3, "lr_end": 1e-4, "lr_decay_steps": 4000}}
+
+
+@pytest.mark.parametrize(
+    ("level", "extra"), [("L0_minimal", {}), ("L2_partial_fixed", RECURRENT), ("L0_minimal", LR_DECAY)]
+)
 def test_stopped_and_resumed_run_equals_uninterrupted_run(tmp_path, level, extra):
     full = Trainer(small_config(level, 4800, **extra), tmp_path / "full")
     full.run()
@@ -66,6 +71,20 @@ def test_stopped_and_resumed_run_equals_uninterrupted_run(tmp_path, level, extra
     episodes_resumed, _ = read_metrics(tmp_path / "part")
     assert episodes_full == episodes_resumed and len(episodes_full) > 20
     assert learner_rows(tmp_path / "full") == learner_rows(tmp_path / "part")
+
+
+def test_learning_rate_follows_its_env_step_schedule(tmp_path):
+    trainer = Trainer(small_config("L0_minimal", 2000, **LR_DECAY), tmp_path / "run")
+    trainer.run()
+    lr = trainer.learner.optimizer.param_groups[0]["lr"]
+    # set before each batch of updates (one update per 4 collect steps of 8 agents here)
+    assert lr + 1e-12 >= 1e-3 + (1e-4 - 1e-3) * 2000 / 4000 and lr <= 1e-3 + (1e-4 - 1e-3) * 1960 / 4000
+    trainer.config = small_config("L0_minimal", 5000, **LR_DECAY)
+    trainer.run()
+    assert trainer.learner.optimizer.param_groups[0]["lr"] == pytest.approx(1e-4)  # flat after the decay
+    constant = Trainer(small_config("L0_minimal", 1000), tmp_path / "constant")
+    constant.run()
+    assert constant.learner.optimizer.param_groups[0]["lr"] == constant.config.learner.lr
 
 
 def test_metrics_rows_match_the_run(tmp_path):
@@ -146,9 +165,9 @@ def test_atomic_write_leaves_the_old_file_when_writing_fails(tmp_path):
 def test_bad_overrides_name_the_key_and_what_is_allowed():
     with pytest.raises(ConfigError, match="expected key=value"):
         parse_overrides(["learner.lr"])
-    with pytest.raises(ConfigError, match=r"learner\.lrr: unknown field; allowed fields: lr, gamma"):
+    with pytest.raises(ConfigError, match=r"learner\.lrr: unknown field; allowed fields: lr, lr_end, lr_decay_steps"):
         load_run_config("L1_full", parse_overrides(["learner.lrr=0.1"]))
-    with pytest.raises(ConfigError, match=r"network\.kind: Input should be 'mlp' or 'lstm'"):
+    with pytest.raises(ConfigError, match=r"network\.kind: Input should be 'mlp', 'lstm' or 'feedforward'"):
         load_run_config("L1_full", parse_overrides(["network.kind=transformer"]))
     assert parse_overrides(["learner.lr=1e-3", "agents=32"]) == {"learner": {"lr": 1e-3}, "agents": 32}
 

@@ -5,9 +5,8 @@ from townlet.agents.networks import (
     QHead,
     QNetwork,
     RecurrentQNetwork,
-    WindowEncoder,
     mlp,
     obs_dim_of,
 )
 
-__all__ = ["LSTMState", "QHead", "QNetwork", "RecurrentQNetwork", "WindowEncoder", "mlp", "obs_dim_of"]
+__all__ = ["LSTMState", "QHead", "QNetwork", "RecurrentQNetwork", "mlp", "obs_dim_of"]

@@ -1,7 +1,7 @@
 """Q-networks built from the observation layout, so a level change needs no code change.
 
 `QNetwork` is a feed-forward MLP for the full-view (Markov) levels. `RecurrentQNetwork` is the R2D2 network
-for the partial-view levels: per-field encoders (a CNN over the local window), one LSTM, a Q head. Neither
+for the partial-view levels: an MLP encoder, one LSTM, a Q head. Neither
 keeps hidden state inside the module: the caller owns every LSTM state, so acting and learning never
 share or overwrite each other's memory.
 """
@@ -82,32 +82,18 @@ class QNetwork(nn.Module):
         return self.head(self.body(obs))
 
 
-class WindowEncoder(nn.Module):
-    """Small CNN over the channel-major local window [C, S, S] (keeps the spatial structure an MLP loses)."""
-
-    def __init__(self, channels: int, side: int, conv_channels: Sequence[int], out_dim: int) -> None:
-        super().__init__()
-        self.shape = (channels, side, side)
-        layers: list[nn.Module] = []
-        width = channels
-        for c in conv_channels:
-            layers += [nn.Conv2d(width, c, kernel_size=3, padding=1), nn.ReLU()]
-            width = c
-        self.conv = nn.Sequential(*layers)
-        self.out = nn.Sequential(nn.Flatten(), nn.Linear(width * side * side, out_dim), nn.ReLU())
-
-    def forward(self, window: Tensor) -> Tensor:
-        """window [N, C*S*S] -> [N, out_dim]."""
-        return self.out(self.conv(window.reshape(window.shape[0], *self.shape)))
-
-
 class RecurrentQNetwork(nn.Module):
-    """R2D2 Q-network: encoders -> one LSTM -> Q head.
+    """R2D2 Q-network: an MLP encoder of the whole observation -> one LSTM -> Q head.
 
-    Partial view: a CNN over `window`, a small Linear+ReLU encoder per other field (`time` and `progress`
-    share one), all concatenated into the LSTM input. Full view (or a bare int dim): an MLP over the whole
-    vector. `forward(obs [B, T, D], state) -> (q [B, T, A], (h, c))` makes ONE LSTM call over the whole
-    sequence; the module stores no hidden state.
+    `forward(obs [B, T, D], state) -> (q [B, T, A], (h, c))` makes ONE LSTM call over the whole sequence; the
+    module stores no hidden state. The encoder sees every field at once (window, position, meters, here,
+    time), so its first layer can combine them ("energy low and standing on the Bed"); the head reads the
+    encoded step beside the LSTM output, so what the current observation shows need not squeeze through
+    the LSTM. A per-field design (a
+    CNN over the window, one small encoder per field) learned far slower on L2_partial_fixed: see
+    docs/tuning.md. `memory=False` swaps the LSTM for a Linear+ReLU core of the same width that sees only the
+    current step (the state passes through unchanged): the same learner and encoder without memory, for the
+    memory ablation.
     """
 
     def __init__(
@@ -116,54 +102,29 @@ class RecurrentQNetwork(nn.Module):
         num_actions: int = 5,
         hidden_size: int = 256,
         lstm_layers: int = 1,
-        cnn_channels: Sequence[int] = (16, 32),
-        window_dim: int = 128,
-        field_dim: int = 32,
         encoder_hidden: Sequence[int] = (256,),
         head_hidden: int | None = 256,
         dueling: bool = False,
         forget_bias: float = 1.0,
+        memory: bool = True,
     ) -> None:
         super().__init__()
         self.obs_dim = obs_dim_of(layout)
         self.num_actions = num_actions
         self.hidden_size = hidden_size
         self.lstm_layers = lstm_layers
-        self.window: WindowEncoder | None = None
-        self.window_slice: slice | None = None
-        # Groups of contiguous fields, each with its own encoder, in layout order.
-        self.group_names: list[str] = []
-        self.group_slices: list[slice] = []
-        self.encoders = nn.ModuleDict()
-        if isinstance(layout, ObsLayout) and layout.is_partial:
-            w = layout["window"]
-            self.window = WindowEncoder(layout.window_channels, layout.window_side, cnn_channels, window_dim)
-            self.window_slice = w.slice
-            lstm_in = window_dim
-            for field in layout.fields:
-                if field.name == "window":
-                    continue
-                if field.name == "progress" and "time" in self.group_names:
-                    i = self.group_names.index("time")
-                    # time and progress are adjacent in the layout: widen the time group's slice.
-                    self.group_slices[i] = slice(self.group_slices[i].start, field.stop)
-                    continue
-                self.group_names.append(field.name)
-                self.group_slices.append(field.slice)
-            for name, sl in zip(self.group_names, self.group_slices, strict=True):
-                self.encoders[name] = nn.Sequential(nn.Linear(sl.stop - sl.start, field_dim), nn.ReLU())
-                lstm_in += field_dim
+        self.encoder, self.lstm_input_size = mlp(self.obs_dim, encoder_hidden)
+        self.memory = memory
+        if memory:
+            self.lstm = nn.LSTM(self.lstm_input_size, hidden_size, num_layers=lstm_layers, batch_first=True)
+            with torch.no_grad():  # a forget-gate bias > 0 keeps memory by default (Jozefowicz et al., 2015)
+                for layer in range(lstm_layers):
+                    getattr(self.lstm, f"bias_ih_l{layer}")[hidden_size : 2 * hidden_size].fill_(forget_bias)
+                    getattr(self.lstm, f"bias_hh_l{layer}")[hidden_size : 2 * hidden_size].zero_()
         else:
-            self.encoders["obs"], lstm_in = mlp(self.obs_dim, encoder_hidden)
-            self.group_names.append("obs")
-            self.group_slices.append(slice(0, self.obs_dim))
-        self.lstm_input_size = lstm_in
-        self.lstm = nn.LSTM(lstm_in, hidden_size, num_layers=lstm_layers, batch_first=True)
-        with torch.no_grad():  # a forget-gate bias > 0 keeps memory by default (Jozefowicz et al., 2015)
-            for layer in range(lstm_layers):
-                getattr(self.lstm, f"bias_ih_l{layer}")[hidden_size : 2 * hidden_size].fill_(forget_bias)
-                getattr(self.lstm, f"bias_hh_l{layer}")[hidden_size : 2 * hidden_size].zero_()
-        self.head = QHead(hidden_size, num_actions, hidden=head_hidden, dueling=dueling)
+            self.core = nn.Sequential(nn.Linear(self.lstm_input_size, hidden_size), nn.ReLU())
+        # the head reads the encoded current step beside the memory, so it need not pass through the LSTM
+        self.head = QHead(self.lstm_input_size + hidden_size, num_actions, hidden=head_hidden, dueling=dueling)
 
     def initial_state(self, batch: int, device: torch.device | str | None = None) -> LSTMState:
         """Zeros [lstm_layers, batch, hidden_size]: the state at the start of an episode."""
@@ -172,12 +133,7 @@ class RecurrentQNetwork(nn.Module):
 
     def encode(self, obs: Tensor) -> Tensor:
         """obs [N, D] -> LSTM input [N, lstm_input_size]."""
-        parts = []
-        if self.window is not None and self.window_slice is not None:
-            parts.append(self.window(obs[:, self.window_slice]))
-        for name, sl in zip(self.group_names, self.group_slices, strict=True):
-            parts.append(self.encoders[name](obs[:, sl]))
-        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
+        return self.encoder(obs)
 
     def forward(self, obs: Tensor, state: LSTMState | None = None) -> tuple[Tensor, LSTMState]:
         if obs.dim() != 3 or obs.shape[-1] != self.obs_dim:
@@ -186,5 +142,7 @@ class RecurrentQNetwork(nn.Module):
         if state is None:
             state = self.initial_state(b, obs.device)
         x = self.encode(obs.reshape(b * t, -1)).reshape(b, t, -1)
+        if not self.memory:
+            return self.head(torch.cat([x, self.core(x)], dim=-1)), state
         out, new_state = self.lstm(x, state)
-        return self.head(out), new_state
+        return self.head(torch.cat([x, out], dim=-1)), new_state

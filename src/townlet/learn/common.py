@@ -50,6 +50,11 @@ class OnlineTargetLearner:
         self.sync = TargetSync(config.target_update_every, config.tau)
         self.updates = 0
 
+    def set_lr(self, lr: float) -> None:
+        """Change Adam's learning rate (the runner's schedule); the moment estimates stay."""
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+
     def _step(self, loss: Tensor) -> Tensor:
         """Backward, clip, Adam step, target schedule; returns the pre-clip gradient norm (detached)."""
         self.optimizer.zero_grad(set_to_none=True)

@@ -21,11 +21,16 @@ from townlet.learn.targets import double_q_targets, huber
 
 @dataclass
 class R2D2Config(OptimConfig):
-    """`burn_in` must match the replay's. `refresh_offset`: if set, `update` also returns the online
+    """`burn_in` must match the replay's. `n_step`: bootstrap n steps ahead (fewer at a window or episode
+    end), which carries a death's penalty back n times faster per target sync. `zero_start_state`: ignore
+    the stored state and start every sequence from zeros (the seed-era method, kept for the memory
+    ablation). `refresh_offset`: if set, `update` also returns the online
     net's state after that many steps of each sequence (`h_refresh`, `c_refresh`, `refresh_ok`) for the
     replay's `update_states`."""
 
     burn_in: int = 8
+    n_step: int = 1
+    zero_start_state: bool = False
     lr: float = 1e-4
     adam_eps: float = 1e-3
     max_grad_norm: float | None = 40.0
@@ -55,6 +60,47 @@ def _sanitize(batch: SequenceBatchLike) -> tuple[Tensor, Tensor]:
     return obs, valid
 
 
+def n_step_targets(
+    rewards: Tensor,
+    terminated: Tensor,
+    valid: Tensor,
+    gamma: float,
+    n_step: int,
+    next_q_online: Tensor,
+    next_q_target: Tensor,
+    next_mask: Tensor,
+    double: bool = True,
+) -> Tensor:
+    """Per-step n-step Double-DQN targets inside a window of L training steps.
+
+    y_t = sum_{k<m} gamma^k r_{t+k} + gamma^m (1 - terminated_{t+m-1}) Q_target(s_{t+m})[a*], where
+    m = min(n, L - t, e - t + 1) stops at the window end and at the first episode end e (whose next obs is
+    the episode's final obs, so a truncation bootstraps from it). next_q_* [B, L, A] and next_mask [B, L, A]
+    belong to the obs after each step. Entries where `valid` is False are don't-care.
+    """
+    length = rewards.shape[1]
+    steps = torch.arange(length, device=rewards.device)
+    # the first invalid step (valid is a prefix); the episode end is the step before it
+    first_invalid = torch.where(valid, length, steps).amin(dim=1, keepdim=True)  # [B, 1]
+    m = torch.minimum(torch.full_like(steps, n_step), length - steps).unsqueeze(0)  # [1, L] window end
+    m = torch.minimum(m, (first_invalid - steps).clamp(min=1))  # [B, L] episode end
+    offset = steps.view(1, -1) - steps.view(-1, 1)  # [t, j] = j - t
+    inside = (offset >= 0).unsqueeze(0) & (offset.unsqueeze(0) < m.unsqueeze(-1))  # [B, t, j]
+    discounts = torch.where(inside, gamma ** offset.clamp(min=0).to(rewards.dtype), 0.0)
+    returns = (discounts * rewards.unsqueeze(1)).sum(-1)  # [B, L]
+    last = (steps.unsqueeze(0) + m - 1).clamp(max=length - 1)  # the step whose next obs is bootstrapped
+    pick = last.unsqueeze(-1).expand(-1, -1, next_q_target.shape[-1])
+    return double_q_targets(
+        returns,
+        terminated.gather(1, last),
+        gamma ** m.to(rewards.dtype),
+        next_q_online.gather(1, pick),
+        next_q_target.gather(1, pick),
+        next_mask.gather(1, pick),
+        double,
+    )
+
+
 def sequence_td(
     batch: SequenceBatchLike,
     online: nn.Module,
@@ -62,35 +108,41 @@ def sequence_td(
     burn_in: int,
     gamma: float,
     double: bool = True,
+    n_step: int = 1,
+    zero_start_state: bool = False,
 ) -> SequenceTD:
-    """Unroll both nets from the stored state and build the per-step Double-DQN targets.
-
-    Target for training step t: r_t + gamma * (1 - terminated_t) * Q_target(obs_{t+1} | h_{t+1})[a*],
-    a* = argmax over valid actions (masks[:, t + 1]) of the online Q at t + 1.
-    """
+    """Unroll both nets from the stored state and build the per-step n-step Double-DQN targets
+    (see `n_step_targets`; with n_step=1: r_t + gamma * (1 - terminated_t) * Q_target(obs_{t+1})[a*],
+    a* = argmax over valid actions (masks[:, t + 1]) of the online Q at t + 1)."""
     obs, valid = _sanitize(batch)
     t_total = batch.actions.shape[1]
     if not 0 <= burn_in < t_total:
         raise ValueError(f"burn_in {burn_in} must be in [0, {t_total}) for sequences of {t_total} steps")
-    state: LSTMState = (batch.h0, batch.c0)
+    if n_step < 1:
+        raise ValueError(f"n_step must be >= 1, got {n_step}")
+    start: LSTMState = (batch.h0, batch.c0)
+    if zero_start_state:
+        start = (torch.zeros_like(batch.h0), torch.zeros_like(batch.c0))
+    state = start
     if burn_in > 0:
         with torch.no_grad():
             _, state = online(obs[:, :burn_in], state)
     q_online, _ = online(obs[:, burn_in:], state)  # [B, L + 1, A]
     with torch.no_grad():
-        q_target, _ = target(obs, (batch.h0, batch.c0))  # [B, T + 1, A]
+        q_target, _ = target(obs, start)  # [B, T + 1, A]
     train = slice(burn_in, t_total)
     valid_t = valid[:, train]
     actions = batch.actions[:, train]
     q_taken = q_online[:, :-1].gather(-1, actions.unsqueeze(-1)).squeeze(-1)
     with torch.no_grad():
         rewards = torch.where(valid_t, batch.rewards[:, train], torch.zeros((), dtype=q_taken.dtype))
-        next_online = q_online[:, 1:].detach()
-        y = double_q_targets(
+        y = n_step_targets(
             rewards,
             batch.terminated[:, train].bool(),
+            valid_t,
             gamma,
-            next_online,
+            n_step,
+            q_online[:, 1:].detach(),
             q_target[:, burn_in + 1 :],
             batch.masks[:, burn_in + 1 :].bool(),
             double,
@@ -107,9 +159,10 @@ def compute_sequence_targets(
     burn_in: int,
     gamma: float,
     double: bool = True,
+    n_step: int = 1,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """(targets, q_taken, valid), each [B, train_len], with no gradient: for tests and diagnostics."""
-    td = sequence_td(batch, online, target, burn_in, gamma, double)
+    td = sequence_td(batch, online, target, burn_in, gamma, double, n_step)
     return td.targets, td.q_taken, td.valid
 
 
@@ -136,7 +189,9 @@ class RecurrentLearner(OnlineTargetLearner):
         grad_norm; with `refresh_offset`, also h_refresh/c_refresh [layers, B, H] and refresh_ok [B]."""
         c = self.config
         refreshed = self.refresh_states(batch, c.refresh_offset) if c.refresh_offset is not None else None
-        td = sequence_td(batch, self.online, self.target, c.burn_in, c.gamma, c.double)
+        td = sequence_td(
+            batch, self.online, self.target, c.burn_in, c.gamma, c.double, c.n_step, c.zero_start_state
+        )
         loss, td_abs = sequence_loss(td, batch.weights, c.huber_delta)
         grad_norm = self._step(loss)
         n_valid = td.valid.sum().clamp(min=1)

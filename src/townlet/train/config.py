@@ -27,19 +27,29 @@ class _Strict(BaseModel):
 
 
 class NetworkConfig(_Strict):
-    """`mlp` sees one observation; `lstm` (R2D2) carries memory across the episode."""
+    """`mlp` (DQN) sees one observation; `lstm` (R2D2) carries memory across the episode; `feedforward` is
+    the R2D2 learner and encoders with a Linear core in place of the LSTM: no memory (the memory ablation)."""
 
-    kind: Literal["mlp", "lstm"] = "mlp"
-    hidden: list[int] = Field(default_factory=lambda: [256, 256], min_length=1)
+    kind: Literal["mlp", "lstm", "feedforward"] = "mlp"
+    hidden: list[int] = Field(
+        default_factory=lambda: [256, 256], min_length=1,
+        description="mlp: the hidden layers; lstm/feedforward: the encoder layers before the LSTM (or core)",
+    )
     lstm_hidden: int = Field(default=256, ge=1)
+    head_hidden: int = Field(default=128, ge=1, description="hidden layer of the recurrent net's Q head")
     dueling: bool = True
     layer_norm: bool = False
 
 
 class LearnerConfig(_Strict):
     lr: float = Field(default=5e-4, gt=0.0, le=1.0)
+    lr_end: float | None = Field(
+        default=None, gt=0.0, le=1.0, description="None: constant lr; else linear decay to it over lr_decay_steps"
+    )
+    lr_decay_steps: int = Field(default=10_000_000, ge=1, description="agent-steps (like ε, not updates)")
+    adam_eps: float = Field(default=1e-5, gt=0.0, description="Adam's epsilon (1e-3, R2D2's, damps small gradients)")
     gamma: float = Field(default=0.99, gt=0.0, le=1.0)
-    n_step: int = Field(default=3, ge=1, le=100)
+    n_step: int = Field(default=3, ge=1, le=100, description="also for R2D2, capped by each training window")
     batch_size: int = Field(default=256, ge=1)
     target_update_every: int = Field(default=1000, ge=1)
     tau: float | None = Field(default=None, gt=0.0, le=1.0)
@@ -58,6 +68,9 @@ class ReplayConfig(_Strict):
     burn_in: int = Field(default=8, ge=0)
     train_len: int = Field(default=16, ge=1)
     stride: int | None = Field(default=None, ge=1)
+    stored_state: bool = Field(
+        default=True, description="False: every sequence starts from a zero LSTM state (seed-era; ablation)"
+    )
 
 
 class ExplorationConfig(_Strict):

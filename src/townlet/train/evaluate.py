@@ -33,7 +33,7 @@ def greedy_stats(
 ) -> dict[str, Any]:
     """Masked greedy play for `episodes` episodes at full difficulty (depletion 1, the level's reward)."""
     world = World(level, agents, device=device, seed=seed)
-    if config.network.kind == "lstm":
+    if config.network.kind != "mlp":  # lstm and feedforward act through the sequence network
         actor = RecurrentActor(network, agents, device)
 
         def act(obs: torch.Tensor, w: World) -> torch.Tensor:

@@ -43,7 +43,10 @@ def build_network(config: RunConfig, world: World) -> torch.nn.Module:
     net = config.network
     if net.kind == "mlp":
         return QNetwork(world.obs_layout, hidden=net.hidden, dueling=net.dueling, layer_norm=net.layer_norm)
-    return RecurrentQNetwork(world.obs_layout, hidden_size=net.lstm_hidden, dueling=net.dueling)
+    return RecurrentQNetwork(
+        world.obs_layout, hidden_size=net.lstm_hidden, encoder_hidden=net.hidden, head_hidden=net.head_hidden,
+        dueling=net.dueling, memory=net.kind == "lstm",
+    )
 
 
 def policy_entropy(q: torch.Tensor, mask: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -117,11 +120,12 @@ class Trainer:
         self.level = load_level(config.level)
         # actions come from a masked argmax, always in range: skip the per-step check (a host sync on CUDA)
         self.world = World(self.level, config.agents, device=self.device, seed=config.seed, validate_actions=False)
-        self.recurrent = config.network.kind == "lstm"
+        self.recurrent = config.network.kind != "mlp"  # lstm and feedforward both learn on sequences
         self.network = build_network(config, self.world).to(self.device)
         lc, rc = config.learner, config.replay
         common = {
-            "gamma": lc.gamma, "lr": lc.lr, "max_grad_norm": lc.grad_clip, "huber_delta": lc.huber_delta,
+            "gamma": lc.gamma, "lr": lc.lr, "adam_eps": lc.adam_eps, "max_grad_norm": lc.grad_clip,
+            "huber_delta": lc.huber_delta,
             "double": lc.double, "target_update_every": lc.target_update_every, "tau": lc.tau,
         }
         self.act_gen = torch.Generator(device=self.device).manual_seed(config.seed + 1)
@@ -129,7 +133,8 @@ class Trainer:
         n = config.agents
         if self.recurrent:
             self.learner: DQNLearner | RecurrentLearner = RecurrentLearner(
-                self.network, R2D2Config(burn_in=rc.burn_in, **common)
+                self.network,
+                R2D2Config(burn_in=rc.burn_in, n_step=lc.n_step, zero_start_state=not rc.stored_state, **common),
             )
             self.replay: TransitionReplay | SequenceReplay = SequenceReplay(
                 rc.capacity, n, self.world.obs_layout, burn_in=rc.burn_in, train_len=rc.train_len,
@@ -147,6 +152,8 @@ class Trainer:
             self.transitions_per_update = lc.batch_size
         ex = config.exploration
         self.epsilon = EpsilonSchedule(ex.start, ex.end, ex.decay_steps, ex.schedule)
+        # the learning rate follows the same kind of env-step schedule as ε (constant without lr_end)
+        self.lr = EpsilonSchedule(lc.lr, lc.lr if lc.lr_end is None else lc.lr_end, lc.lr_decay_steps)
         cc = config.curriculum
         if cc.kind == "adversarial":
             self.curriculum: Curriculum = AdversarialCurriculum(
@@ -322,6 +329,8 @@ class Trainer:
         if self.env_steps < lc.learning_starts or len(self.replay) == 0:
             return
         self.update_credit += lc.replay_ratio * self.world.num_agents / self.transitions_per_update
+        if self.update_credit >= 1.0 and lc.lr_end is not None:
+            self.learner.set_lr(self.lr(self.env_steps))
         while self.update_credit >= 1.0:
             self.update_credit -= 1.0
             batch = self.replay.sample(lc.batch_size, self.sample_gen)

@@ -166,7 +166,7 @@ def greedy_episode(
     Pass `world` (one agent, on `device`) to read its scene with `make_scene` before iterating."""
     world = world or World(level, 1, device=device, seed=seed)
     obs = world.observe()
-    actor = RecurrentActor(network, 1, world.device) if config.network.kind == "lstm" else None
+    actor = RecurrentActor(network, 1, world.device) if config.network.kind != "mlp" else None
     yield Frame(tick=0, **_decode(world, obs[0]))
     limit = max_ticks if max_ticks is not None else level.max_steps
     tick = 0

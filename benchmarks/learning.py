@@ -1,0 +1,72 @@
+"""Learning results: train each level's default run config for its wall-clock budget, evaluate the greedy
+agent over >= 1,000 episodes at full difficulty, and write the results table (Markdown + JSON) and learning
+curves to benchmarks/results/.
+
+Goals (2 CPU cores): L1_full 5 min -> >= 95% of episodes reach the 500-tick cap; L2_partial_fixed 10 min ->
+mean >= 450; L2_partial 15 min -> mean >= 400; L3_temporal 20 min -> mean >= 350. The baseline beside each
+row is the random policy, evaluated on the same episodes.
+
+    python benchmarks/learning.py LEVEL|all [--seeds 3] [--episodes 1000] [--out benchmarks/results]
+
+`--minutes` replaces every budget (for a quick smoke run; the goals are defined at the budgets above).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from townlet.train.evaluate import scripted_stats
+from townlet.train.experiment import Goal, Trial, run_trial, summarize, write_results
+from townlet.world import load_level
+
+BUDGETS = {  # level: (minutes, goal)
+    "L1_full": (5.0, Goal("cap_rate", 0.95)),
+    "L2_partial_fixed": (10.0, Goal("survival_mean", 450)),
+    "L2_partial": (15.0, Goal("survival_mean", 400)),
+    "L3_temporal": (20.0, Goal("survival_mean", 350)),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("level", choices=[*BUDGETS, "all"])
+    parser.add_argument("--seeds", type=int, default=3, help="seeds 0 .. N-1 per level")
+    parser.add_argument("--episodes", type=int, default=1000)
+    parser.add_argument("--minutes", type=float, default=None, help="override every budget (smoke runs)")
+    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
+    parser.add_argument("--runs", type=Path, default=Path("runs") / "bench-learning", help="run directories")
+    parser.add_argument("--stem", default="learning", help="output file names: STEM.md, STEM.json, STEM-LEVEL.png")
+    args = parser.parse_args(argv)
+    levels = list(BUDGETS) if args.level == "all" else [args.level]
+    records, goals = [], {}
+    for level in levels:
+        minutes, goal = BUDGETS[level]
+        goals[level] = goal
+        for seed in range(args.seeds):
+            trial = Trial(level, level, seed, args.minutes or minutes)
+            print(f"{level} seed {seed}: training {trial.minutes:g} min ...", flush=True)
+            record = run_trial(trial, args.runs, episodes=args.episodes)
+            ev = record["eval"]
+            print(f"  greedy mean {ev['survival_mean']:.1f}, cap rate {ev['cap_rate']:.1%}, "
+                  f"{record['env_steps']:,} steps, {record['updates']:,} updates", flush=True)
+            records.append(record)
+    rows = summarize(records, goals)
+    random_means = {}
+    for row in rows:
+        random = scripted_stats(load_level(row["level"]), args.episodes, 250, 12345)["random"]
+        row["random_mean"] = random["survival_mean"]
+        row["vs_random"] = row["survival_mean"] / random["survival_mean"]
+        random_means[row["name"]] = random["survival_mean"]
+    notes = "Random policy on the same evaluation episodes (the baseline): " + ", ".join(
+        f"{k} {v:.1f} (agent {r['vs_random']:.2f}× it)" for (k, v), r in zip(random_means.items(), rows, strict=True)
+    )
+    command = "python benchmarks/learning.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    for path in write_results(args.out, args.stem, "Learning results", records, rows, command, notes=notes):
+        print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

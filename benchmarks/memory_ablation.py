@@ -1,0 +1,81 @@
+"""Memory ablation: does the LSTM agent's memory matter? Three agents, same level, budget and seeds:
+
+- `lstm`: the level's default run config (R2D2: LSTM, stored start state, burn-in);
+- `no-memory`: the same learner and encoders with a Linear core in place of the LSTM, so each Q-value sees
+  the current observation only (`network.kind=feedforward`);
+- `zero-state`: the LSTM learner with a zero start state for every training sequence and no burn-in (the
+  seed-era method: `replay.stored_state=false`, `replay.burn_in=0`).
+
+The LSTM agent should beat both by >= 30% in mean greedy survival; the table gives each ratio.
+
+    python benchmarks/memory_ablation.py [--level L2_partial] [--minutes 15] [--seeds 1] [--episodes 1000]
+        [--lstm-from benchmarks/results/learning.json]
+
+`--lstm-from` takes the `lstm` runs from a `benchmarks/learning.py` results file instead of training them
+again: those are the same default config, level, seeds and budget (checked), so this saves one run per seed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from townlet.train.experiment import Trial, run_trial, summarize, write_results
+
+VARIANTS = {
+    "lstm": {},
+    "no-memory": {"network": {"kind": "feedforward"}},
+    "zero-state": {"replay": {"stored_state": False, "burn_in": 0}},
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--level", default="L2_partial")
+    parser.add_argument("--minutes", type=float, default=15.0)
+    parser.add_argument("--seeds", type=int, default=1, help="seeds 0 .. N-1 per variant")
+    parser.add_argument("--episodes", type=int, default=1000)
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
+    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
+    parser.add_argument("--runs", type=Path, default=Path("runs") / "bench-ablation", help="run directories")
+    parser.add_argument("--lstm-from", type=Path, default=None, help="reuse lstm runs from a learning.json")
+    args = parser.parse_args(argv)
+    reused = {}
+    if args.lstm_from is not None:
+        for run in json.loads(args.lstm_from.read_text())["runs"]:
+            if run["level"] == args.level and run["minutes"] == args.minutes and not run["overrides"]:
+                reused[run["seed"]] = {**run, "name": "lstm"}
+    records = []
+    for seed in range(args.seeds):
+        for name in args.variants:
+            if name == "lstm" and seed in reused:
+                print(f"lstm seed {seed}: reusing {reused[seed]['run_dir']} from {args.lstm_from}", flush=True)
+                records.append(reused[seed])
+                continue
+            trial = Trial(name, args.level, seed, args.minutes, VARIANTS[name])
+            print(f"{name} seed {seed}: training {args.level} for {args.minutes:g} min ...", flush=True)
+            record = run_trial(trial, args.runs, episodes=args.episodes)
+            print(f"  greedy mean {record['eval']['survival_mean']:.1f}, {record['env_steps']:,} steps, "
+                  f"{record['updates']:,} updates", flush=True)
+            records.append(record)
+    rows = summarize(records)
+    means = {r["name"]: r["survival_mean"] for r in rows}
+    notes = ""
+    if "lstm" in means:
+        ratios = {k: means["lstm"] / v for k, v in means.items() if k != "lstm"}
+        notes = "LSTM against the ablations (goal >= 1.30× each): " + ", ".join(
+            f"{ratio:.2f}× {k}" for k, ratio in ratios.items()
+        )
+        for row in rows:
+            row["lstm_ratio"] = means["lstm"] / row["survival_mean"]
+    command = "python benchmarks/memory_ablation.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    stem = f"memory-ablation-{args.level}"
+    for path in write_results(args.out, stem, "Memory ablation", records, rows, command, means, notes):
+        print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

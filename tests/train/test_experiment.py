@@ -1,0 +1,89 @@
+"""Timed experiments: the statistics of the results table, and the two benchmark scripts end to end on tiny
+budgets (files written, numbers consistent with the runs they came from)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+from townlet.train.experiment import Goal, ci95, markdown_table, summarize, training_curve
+
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+
+
+def load_script(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def record(name: str, seed: int, mean: float, cap: float = 0.0, ci: tuple[float, float] = (0.0, 0.0)) -> dict:
+    return {
+        "name": name, "level": "L1_full", "seed": seed, "minutes": 5.0, "train_s": 300.0, "env_steps": 1_000_000,
+        "updates": 1000, "run_dir": "nowhere",
+        "eval": {"survival_mean": mean, "survival_median": mean, "cap_rate": cap, "episodes": 1000,
+                 "survival_ci95": list(ci)},
+    }
+
+
+def test_ci95_is_a_student_t_interval() -> None:
+    mean, half = ci95([1.0, 2.0, 3.0])
+    assert mean == 2.0
+    assert half == pytest.approx(4.303 * 1.0 / math.sqrt(3), rel=1e-6)
+    assert math.isnan(ci95([5.0])[1])
+
+
+def test_summary_pools_seeds_and_checks_goals() -> None:
+    records = [record("a", 0, 400.0, 0.9), record("a", 1, 500.0, 1.0), record("b", 0, 300.0, ci=(290.0, 310.0))]
+    goals = {"a": Goal("cap_rate", 0.95), "b": Goal("survival_mean", 250)}
+    rows = summarize(records, goals)
+    a, b = rows
+    assert a["survival_mean"] == 450.0 and a["ci_over"] == "seeds" and a["seeds"] == [0, 1]
+    assert a["ci95_half"] == pytest.approx(12.706 * math.sqrt(5000.0) / math.sqrt(2))
+    assert a["cap_rate"] == pytest.approx(0.95) and a["goal_met"]  # exactly at the threshold counts
+    assert b["ci_over"] == "episodes" and b["ci95_half"] == 10.0 and b["goal_met"]
+    assert not Goal("cap_rate", 0.95).met(0.94)
+    table = markdown_table(rows)
+    assert "| a | L1_full | 5 min | 2 | 450.0 ± 635.3 (seeds)" in table
+    assert "cap rate >= 95%: met" in table and "mean survival >= 250: met" in table
+
+
+def test_learning_benchmark_then_memory_ablation_reusing_its_lstm_run(tmp_path: Path) -> None:
+    out, runs = tmp_path / "results", tmp_path / "runs"
+    learning = load_script("learning")
+    code = learning.main(["L2_partial_fixed", "--seeds", "1", "--minutes", "0.03", "--episodes", "20",
+                          "--out", str(out), "--runs", str(runs)])
+    assert code == 0
+    data = json.loads((out / "learning.json").read_text())
+    (row,) = data["rows"]
+    (run,) = data["runs"]
+    assert row["level"] == "L2_partial_fixed" and row["episodes"] >= 20
+    assert row["survival_mean"] == run["eval"]["survival_mean"] and run["env_steps"] > 0
+    assert row["goal"] == "mean survival >= 450" and row["random_mean"] > 0
+    md = (out / "learning.md").read_text()
+    assert "| L2_partial_fixed | L2_partial_fixed | 0.03 min | 1 |" in md and "Random policy" in md
+    assert (out / "learning-L2_partial_fixed.png").read_bytes()[:4] == b"\x89PNG"
+    minutes, survival = training_curve(Path(run["run_dir"]))
+    assert len(minutes) == len(survival) and (survival > 0).all()
+
+    ablation = load_script("memory_ablation")
+    code = ablation.main(["--level", "L2_partial_fixed", "--minutes", "0.03", "--episodes", "10", "--out", str(out),
+                          "--runs", str(runs), "--lstm-from", str(out / "learning.json")])
+    assert code == 0
+    data = json.loads((out / "memory-ablation-L2_partial_fixed.json").read_text())
+    assert [r["name"] for r in data["rows"]] == ["lstm", "no-memory", "zero-state"]
+    lstm_run = data["runs"][0]
+    assert lstm_run["run_dir"] == run["run_dir"] and lstm_run["eval"] == run["eval"]  # reused, not retrained
+    configs = {r["name"]: (Path(r["run_dir"]) / "config.yaml").read_text() for r in data["runs"]}
+    assert "kind: feedforward" in configs["no-memory"] and "kind: lstm" in configs["lstm"]
+    assert "stored_state: false" in configs["zero-state"] and "burn_in: 0" in configs["zero-state"]
+    for r in data["rows"]:
+        assert r["lstm_ratio"] == pytest.approx(data["rows"][0]["survival_mean"] / r["survival_mean"])
+    assert "LSTM against the ablations" in (out / "memory-ablation-L2_partial_fixed.md").read_text()
