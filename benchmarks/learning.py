@@ -9,11 +9,14 @@ row is the random policy, evaluated on the same episodes.
     python benchmarks/learning.py LEVEL|all [--seeds 3] [--episodes 1000] [--out benchmarks/results]
 
 `--minutes` replaces every budget (for a quick smoke run; the goals are defined at the budgets above).
+`--replot` rewrites the Markdown and the plots from an earlier results JSON (and its run directories)
+without training.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -29,6 +32,12 @@ BUDGETS = {  # level: (minutes, goal)
 }
 
 
+def baseline_note(rows: list[dict]) -> str:
+    return "Random valid-action policy on the same evaluation seeds (the baseline): " + ", ".join(
+        f"{r['level']} {r['random_mean']:.1f} (agent {r['vs_random']:.2f}× it)" for r in rows
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("level", choices=[*BUDGETS, "all"])
@@ -38,7 +47,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
     parser.add_argument("--runs", type=Path, default=Path("runs") / "bench-learning", help="run directories")
     parser.add_argument("--stem", default="learning", help="output file names: STEM.md, STEM.json, STEM-LEVEL.png")
+    parser.add_argument("--replot", action="store_true", help="re-render STEM.md and the plots from STEM.json")
     args = parser.parse_args(argv)
+    if args.replot:
+        data = json.loads((args.out / f"{args.stem}.json").read_text())
+        for path in write_results(args.out, args.stem, data["title"], data["runs"], data["rows"], data["command"],
+                                  notes=baseline_note(data["rows"]), machine_note=data["machine"], date=data["date"]):
+            print(f"wrote {path}")
+        return 0
     levels = list(BUDGETS) if args.level == "all" else [args.level]
     records, goals = [], {}
     for level in levels:
@@ -53,17 +69,13 @@ def main(argv: list[str] | None = None) -> int:
                   f"{record['env_steps']:,} steps, {record['updates']:,} updates", flush=True)
             records.append(record)
     rows = summarize(records, goals)
-    random_means = {}
     for row in rows:
         random = scripted_stats(load_level(row["level"]), args.episodes, 250, 12345)["random"]
         row["random_mean"] = random["survival_mean"]
         row["vs_random"] = row["survival_mean"] / random["survival_mean"]
-        random_means[row["name"]] = random["survival_mean"]
-    notes = "Random policy on the same evaluation episodes (the baseline): " + ", ".join(
-        f"{k} {v:.1f} (agent {r['vs_random']:.2f}× it)" for (k, v), r in zip(random_means.items(), rows, strict=True)
-    )
     command = "python benchmarks/learning.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    for path in write_results(args.out, args.stem, "Learning results", records, rows, command, notes=notes):
+    for path in write_results(args.out, args.stem, "Learning results", records, rows, command,
+                              notes=baseline_note(rows)):
         print(f"wrote {path}")
     return 0
 

@@ -11,7 +11,8 @@ from types import ModuleType
 
 import pytest
 
-from townlet.train.experiment import Goal, ci95, markdown_table, summarize, training_curve
+from tests.train.runs import make_run
+from townlet.train.experiment import Goal, ci95, markdown_table, summarize, training_curve, write_results
 
 BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 
@@ -68,7 +69,7 @@ def test_learning_benchmark_then_memory_ablation_reusing_its_lstm_run(tmp_path: 
     assert row["survival_mean"] == run["eval"]["survival_mean"] and run["env_steps"] > 0
     assert row["goal"] == "mean survival >= 450" and row["random_mean"] > 0
     md = (out / "learning.md").read_text()
-    assert "| L2_partial_fixed | L2_partial_fixed | 0.03 min | 1 |" in md and "Random policy" in md
+    assert "| L2_partial_fixed | L2_partial_fixed | 0.03 min | 1 |" in md and "Random valid-action policy" in md
     assert (out / "learning-L2_partial_fixed.png").read_bytes()[:4] == b"\x89PNG"
     minutes, survival = training_curve(Path(run["run_dir"]))
     assert len(minutes) == len(survival) and (survival > 0).all()
@@ -87,3 +88,25 @@ def test_learning_benchmark_then_memory_ablation_reusing_its_lstm_run(tmp_path: 
     for r in data["rows"]:
         assert r["lstm_ratio"] == pytest.approx(data["rows"][0]["survival_mean"] / r["survival_mean"])
     assert "LSTM against the ablations" in (out / "memory-ablation-L2_partial_fixed.md").read_text()
+
+
+def test_several_levels_get_an_overview_plot_and_replot_rewrites_from_json(tmp_path: Path) -> None:
+    run_dir = make_run(tmp_path / "tiny")
+    records = []
+    for level, mean in (("L1_full", 480.0), ("L2_partial", 200.0)):
+        r = record(level, 0, mean, ci=(mean - 5, mean + 5))
+        records.append({**r, "level": level, "run_dir": str(run_dir)})
+    rows = summarize(records)
+    for row in rows:
+        row["random_mean"], row["vs_random"] = 100.0, row["survival_mean"] / 100.0
+    out = tmp_path / "results"
+    written = write_results(out, "learning", "Learning results", records, rows, "cmd", machine_note="here",
+                            date="then")
+    assert {p.name for p in written} == {"learning.json", "learning.md", "learning.png", "learning-L1_full.png",
+                                         "learning-L2_partial.png"}
+    (out / "learning.png").unlink()
+    (out / "learning.md").write_text("stale")
+    assert load_script("learning").main(["all", "--replot", "--out", str(out)]) == 0
+    md = (out / "learning.md").read_text()
+    assert (out / "learning.png").read_bytes()[:4] == b"\x89PNG"
+    assert "`cmd` on here, then." in md and "L2_partial 100.0 (agent 2.00× it)" in md

@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import os
 import platform
 import time
 from dataclasses import asdict, dataclass, field
@@ -130,8 +131,14 @@ def summarize(records: list[dict[str, Any]], goals: dict[str, Goal] | None = Non
 
 
 def machine() -> str:
-    threads = torch.get_num_threads()
-    return f"{platform.processor() or platform.machine()}, {threads} torch threads, torch {torch.__version__}"
+    """CPU model, cores, torch threads and version: where the figures were measured."""
+    model = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        lines = cpuinfo.read_text().splitlines()
+        names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
+        model = names[0] if names else model
+    return f"{model}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
 
 
 def markdown_table(rows: list[dict[str, Any]], baselines: dict[str, float] | None = None) -> str:
@@ -179,48 +186,78 @@ def training_curve(run_dir: Path, window: int = 200) -> tuple[np.ndarray, np.nda
     return minutes[idx], (csum[idx + 1] - csum[idx + 1 - w]) / w
 
 
-def plot_curves(records: list[dict[str, Any]], title: str, cap: int = 500) -> bytes:
-    """Training survival against wall-clock minutes, one line per run, greedy evaluations as stars."""
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(9, 4.8), dpi=100, layout="constrained")
-    ax = fig.subplots()
-    colors = {}
+def _draw_curves(ax: Any, records: list[dict[str, Any]], title: str, cap: int) -> None:
+    colors: dict[str, str] = {}
     for r in records:
         color = colors.setdefault(r["name"], f"C{len(colors)}")
         x, y = training_curve(Path(r["run_dir"]))
-        label = f"{r['name']} (seed {r['seed']})"
         if len(x):
-            ax.plot(x, y, color=color, lw=1.6, label=label)
+            ax.plot(x, y, color=color, lw=1.6, label=f"{r['name']} (seed {r['seed']})")
         ax.plot([r["minutes"]], [r["eval"]["survival_mean"]], marker="*", ms=13, color=color, ls="none")
     ax.axhline(cap, color="grey", lw=0.8, alpha=0.6)
-    ax.set(title=title, xlabel="wall-clock minutes of training", ylabel="ticks survived (mean of last 200 episodes)",
-           ylim=(0, cap * 1.05))
-    ax.plot([], [], marker="*", ms=11, color="black", ls="none", label="greedy evaluation (≥1,000 episodes)")
+    ax.set(title=title, xlabel="wall-clock minutes of training", ylabel="ticks survived", ylim=(0, cap * 1.05))
+    ax.plot([], [], marker="*", ms=11, color="black", ls="none", label="greedy evaluation")
     ax.grid(alpha=0.3)
     ax.legend(loc="upper left", fontsize=8)
+
+
+def _png(fig: Any) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     return buf.getvalue()
 
 
+def plot_curves(records: list[dict[str, Any]], title: str, cap: int = 500) -> bytes:
+    """Training survival (mean of the last 200 episodes) against wall-clock minutes, one line per run, the
+    greedy evaluation at the end of each budget as a star."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(9, 4.8), dpi=100, layout="constrained")
+    _draw_curves(fig.subplots(), records, title, cap)
+    return _png(fig)
+
+
+def plot_overview(records: list[dict[str, Any]], title: str, cap: int = 500) -> bytes:
+    """One panel per level, side by side, for the README."""
+    from matplotlib.figure import Figure
+
+    levels = list(dict.fromkeys(r["level"] for r in records))
+    cols = min(2, len(levels))
+    rows = -(-len(levels) // cols)
+    fig = Figure(figsize=(6 * cols, 3.8 * rows), dpi=100, layout="constrained")
+    axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False)).ravel()
+    for ax, level in zip(axes, levels, strict=False):
+        _draw_curves(ax, [r for r in records if r["level"] == level], level, cap)
+    for ax in axes[len(levels) :]:
+        ax.set_visible(False)
+    fig.suptitle(title)
+    return _png(fig)
+
+
 def write_results(
     out_dir: Path, stem: str, title: str, records: list[dict[str, Any]], rows: list[dict[str, Any]],
-    command: str, baselines: dict[str, float] | None = None, notes: str = "",
+    command: str, baselines: dict[str, float] | None = None, notes: str = "", machine_note: str | None = None,
+    date: str | None = None,
 ) -> list[Path]:
-    """`<stem>.json`, `<stem>.md`, and one `<stem>-<level>.png` curve per level, atomically."""
+    """`<stem>.json`, `<stem>.md`, one `<stem>-<level>.png` curve per level and, for several levels, an
+    overview `<stem>.png` with one panel each; all written atomically."""
     out_dir = Path(out_dir)
     written = []
+    if len({r["level"] for r in records}) > 1:
+        png = plot_overview(records, title)
+        atomic_write(out_dir / f"{stem}.png", lambda tmp: tmp.write_bytes(png))
+        written.append(out_dir / f"{stem}.png")
     for level in dict.fromkeys(r["level"] for r in records):
         png = plot_curves([r for r in records if r["level"] == level], f"{title}: {level}")
         path = out_dir / f"{stem}-{level}.png"
         atomic_write(path, lambda tmp, data=png: tmp.write_bytes(data))
         written.append(path)
-    when = time.strftime("%Y-%m-%d %H:%M")
-    payload = {"title": title, "command": command, "machine": machine(), "date": when, "rows": rows,
+    when = date or time.strftime("%Y-%m-%d %H:%M")
+    where = machine_note or machine()
+    payload = {"title": title, "command": command, "machine": where, "date": when, "notes": notes, "rows": rows,
                "runs": records}
     atomic_write_text(out_dir / f"{stem}.json", json.dumps(payload, indent=2, default=float) + "\n")
-    md = [f"# {title}", "", f"`{command}` on {machine()}, {when}.", "", markdown_table(rows, baselines), ""]
+    md = [f"# {title}", "", f"`{command}` on {where}, {when}.", "", markdown_table(rows, baselines), ""]
     if notes:
         md += [notes, ""]
     md += [f"![{p.stem}]({p.name})" for p in written]
