@@ -13,7 +13,15 @@ from rich.console import Console
 from rich.table import Table
 
 from townlet.train.checkpoint import CheckpointError
-from townlet.world import LEVEL_NAMES, SCRIPTED_POLICIES, ConfigError, World, load_level, make_policy, run_episodes
+from townlet.world import (
+    LEVEL_NAMES,
+    ConfigError,
+    World,
+    load_level,
+    make_policy,
+    run_episodes,
+    scripted_policies,
+)
 
 app = typer.Typer(help="townlet: a batched survival world for deep RL.", no_args_is_help=True)
 console = Console() if sys.stdout.isatty() else Console(width=140)
@@ -22,8 +30,9 @@ console = Console() if sys.stdout.isatty() else Console(width=140)
 def _scripted_table(levels: list[str], episodes: int, agents: int, seed: int, device: str) -> list[dict]:
     rows = []
     for level in levels:
-        for name in SCRIPTED_POLICIES:
-            world = World(load_level(level), agents, device=device, seed=seed)
+        config = load_level(level)
+        for name in scripted_policies(config):
+            world = World(config, agents, device=device, seed=seed)
             policy = make_policy(name, world, seed)
             stats = run_episodes(world, lambda obs, w, p=policy: p.act(w), episodes).summary()
             rows.append({"level": level, "policy": name, **stats})
@@ -39,7 +48,8 @@ def policies(
     device: str = "cpu",
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON list instead of a table.")] = False,
 ) -> None:
-    """Survival of the scripted reference policies (random valid actions, full-knowledge needs)."""
+    """Survival of the scripted reference policies: random valid actions; the needs policy with full knowledge,
+    and on partial views remembering what it saw (needs-memory) or knowing only its window (needs-view)."""
     try:
         rows = _scripted_table(levels or list(LEVEL_NAMES), episodes, agents, seed, device)
     except ConfigError as e:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from townlet.world import NeedsPolicy, RandomPolicy, World, make_policy, run_episodes
+from tests.world.conftest import place
+from townlet.world import NeedsPolicy, RandomPolicy, World, load_level, make_policy, run_episodes, scripted_policies
+from townlet.world.policies import DOWN, LEFT, RIGHT, UP
 
 
 @pytest.mark.parametrize("level", ["L1_full", "L3_temporal_fixed"])
@@ -45,5 +47,60 @@ def test_run_episodes_counts_invalid_actions_and_each_agents_first_episodes():
 def test_make_policy_rejects_unknown_names():
     world = World("L0_minimal", 2)
     assert make_policy("needs", world).name == "needs"
-    with pytest.raises(ValueError, match="allowed: random, needs"):
+    with pytest.raises(ValueError, match="allowed: random, needs, needs-memory, needs-view"):
         make_policy("oracle", world)
+    with pytest.raises(ValueError, match="knowledge"):
+        NeedsPolicy(world, knowledge="psychic")  # type: ignore[arg-type]
+
+
+def test_memory_limited_policies_are_offered_only_on_partial_views():
+    assert scripted_policies(load_level("L1_full")) == ("random", "needs")
+    assert scripted_policies(load_level("L2_partial")) == ("random", "needs", "needs-memory", "needs-view")
+    world = World("L2_partial_fixed", 2)
+    assert [make_policy(n, world).name for n in scripted_policies(world.config)][2:] == ["needs-memory", "needs-view"]
+
+
+# L2_partial_fixed (vision range 2) uses the fixed layout: the Bed is at (1, 1).
+TIRED = [0.2, 1, 1, 0.5, 1, 1, 1, 1]  # energy low: the Bed is the target
+
+
+def test_view_policy_knows_only_what_is_in_its_window_and_memory_keeps_what_it_saw():
+    world = World("L2_partial_fixed", 2, seed=0)
+    bed = world.affordance_names.index("Bed")
+    view, memory = NeedsPolicy(world, knowledge="view"), NeedsPolicy(world, knowledge="memory")
+    place(world, [(3, 3), (7, 7)])  # the Bed is 2 cells away for agent 0 (in view), 6 for agent 1
+    world.steps = torch.zeros(2, dtype=torch.long)  # the first tick of an episode
+    assert view._known(world)[:, bed].tolist() == [True, False]
+    assert memory._known(world)[:, bed].tolist() == [True, False]
+    place(world, [(6, 6), (7, 7)])  # agent 0 walked away: the Bed is out of view now
+    world.steps = torch.ones(2, dtype=torch.long)
+    assert view._known(world)[:, bed].tolist() == [False, False]
+    assert memory._known(world)[:, bed].tolist() == [True, False]  # remembered
+    world.steps = torch.zeros(2, dtype=torch.long)  # a new episode forgets
+    assert memory._known(world)[:, bed].tolist() == [False, False]
+
+
+def test_memory_policy_walks_back_to_a_remembered_bed_and_view_policy_wanders():
+    n = 64
+    world = World("L2_partial_fixed", n, seed=0)
+    memory, view = NeedsPolicy(world, knowledge="memory", seed=1), NeedsPolicy(world, knowledge="view", seed=1)
+    place(world, (3, 3), TIRED)
+    world.steps = torch.zeros(n, dtype=torch.long)
+    memory.act(world), view.act(world)  # both see the Bed from here
+    place(world, (6, 3), TIRED)  # 5 cells right of the Bed: out of view
+    world.steps = torch.ones(n, dtype=torch.long)
+    assert torch.all(memory.act(world) == LEFT)  # straight back towards (1, 1)
+    wander = view.act(world)
+    assert set(wander.tolist()) <= {UP, DOWN, LEFT, RIGHT} and len(set(wander.tolist())) > 1  # random moves
+    assert torch.all(NeedsPolicy(world).act(world) == LEFT)  # full knowledge needs no memory
+
+
+def test_memory_is_worth_survival_on_a_random_layout():
+    """The two differ only in remembering; on L2_partial that is worth well over 1.5x the survival."""
+    stats = {}
+    for name in ("needs-memory", "needs-view"):
+        world = World("L2_partial", 100, seed=0)
+        policy = make_policy(name, world, seed=0)
+        stats[name] = run_episodes(world, lambda obs, w, p=policy: p.act(w), 100).summary()
+        assert stats[name]["invalid_rate"] == 0.0
+    assert stats["needs-memory"]["survival_mean"] > 1.5 * stats["needs-view"]["survival_mean"]

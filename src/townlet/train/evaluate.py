@@ -10,7 +10,7 @@ import torch
 from townlet.learn import RecurrentActor, masked_greedy
 from townlet.train.config import RunConfig
 from townlet.train.runner import build_network, load_for_eval
-from townlet.world import SCRIPTED_POLICIES, LevelConfig, World, load_level, make_policy, run_episodes
+from townlet.world import LevelConfig, World, load_level, make_policy, run_episodes, scripted_policies
 
 
 def load_agent(
@@ -52,7 +52,7 @@ def greedy_stats(
 
 def scripted_stats(level: LevelConfig, episodes: int, agents: int, seed: int, device: str = "cpu") -> dict[str, Any]:
     out = {}
-    for name in SCRIPTED_POLICIES:
+    for name in scripted_policies(level):
         world = World(level, agents, device=device, seed=seed)
         policy = make_policy(name, world, seed)
         out[name] = run_episodes(world, lambda obs, w, p=policy: p.act(w), episodes).summary()

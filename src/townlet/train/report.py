@@ -120,7 +120,8 @@ def plot_survival(
         ax.plot(steps[idx], median, color="#1f4e8c", lw=1.2, ls="--", label=f"median (last {w} episodes)")
     else:
         _empty(ax, "no finished episodes yet")
-    styles = {"random": ("#d04a3c", ":"), "needs": ("#5a9e5a", "-.")}
+    styles = {"random": ("#d04a3c", ":"), "needs": ("#5a9e5a", "-."), "needs-memory": ("#8a6bb0", "-."),
+              "needs-view": ("#c08a2a", "-.")}
     for name, stats in scripted.items():
         color, ls = styles.get(name, ("grey", ":"))
         ax.axhline(stats["survival_mean"], color=color, ls=ls, lw=1.5,

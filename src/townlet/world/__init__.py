@@ -4,7 +4,7 @@ from townlet.world.config import LEVEL_NAMES, METER_NAMES, REWARD_MODES, ConfigE
 from townlet.world.engine import ACTION_NAMES, NUM_ACTIONS, StepInfo, World
 from townlet.world.evaluate import EpisodeStats, run_episodes
 from townlet.world.observation import ObsField, ObsLayout
-from townlet.world.policies import SCRIPTED_POLICIES, NeedsPolicy, RandomPolicy, make_policy
+from townlet.world.policies import SCRIPTED_POLICIES, NeedsPolicy, RandomPolicy, make_policy, scripted_policies
 
 __all__ = [
     "ACTION_NAMES",
@@ -25,4 +25,5 @@ __all__ = [
     "load_level",
     "make_policy",
     "run_episodes",
+    "scripted_policies",
 ]

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
+from townlet.world.config import LevelConfig
 from townlet.world.engine import INTERACT, World
+
+Knowledge = Literal["full", "memory", "view"]
 
 UP, DOWN, LEFT, RIGHT = 0, 1, 2, 3
 
@@ -38,17 +42,31 @@ class NeedThresholds:
 
 
 class NeedsPolicy:
-    """Full-knowledge scripted agent: walk to the affordance that fixes the most urgent need, work when money
-    runs low, finish multi-tick uses once started, otherwise pace. Reads the world's true state."""
+    """Scripted agent: walk to the affordance that fixes the most urgent need, work when money runs low, finish
+    multi-tick uses once started, otherwise pace.
 
-    name = "needs"
+    `knowledge` says which affordances it can walk to. `full` reads the world's true layout (the ceiling).
+    On a partial view, `memory` knows every affordance that has been inside its window this episode and `view`
+    only those inside it now; when the one it needs is unknown, or nothing is needed, both take a random valid
+    move. The two differ only in remembering, which measures what memory is worth on a level.
+    """
 
-    def __init__(self, world: World, thresholds: NeedThresholds | None = None) -> None:
+    def __init__(
+        self, world: World, thresholds: NeedThresholds | None = None, knowledge: Knowledge = "full", seed: int = 0
+    ) -> None:
+        if knowledge not in ("full", "memory", "view"):
+            raise ValueError(f"knowledge: {knowledge!r} is not one of full, memory, view")
         self.thresholds = thresholds or NeedThresholds()
+        self.knowledge = knowledge
+        self.name = "needs" if knowledge == "full" else f"needs-{knowledge}"
         names = world.affordance_names
         self._ids = {name: names.index(name) if name in names else -1 for name in (
             "Bed", "HomeMeal", "Doctor", "Hospital", "Job", "Shower")}
         self._meter = {name: world.meter_names.index(name) for name in world.meter_names}
+        obs = world.config.observation
+        self._sight = obs.vision_range if obs.view == "partial" else world.grid_size
+        self._seen = torch.zeros(world.num_agents, world.num_affordances, dtype=torch.bool, device=world.device)
+        self._generator = torch.Generator(device=world.device).manual_seed(seed)
 
     def _id(self, name: str, n: int, device: torch.device) -> torch.Tensor:
         return torch.full((n,), self._ids[name], dtype=torch.long, device=device)
@@ -58,6 +76,17 @@ class NeedsPolicy:
         if aff < 0:
             return torch.zeros(world.num_agents, dtype=torch.bool, device=world.device)
         return world.is_open(aff)
+
+    def _known(self, world: World) -> torch.Tensor:
+        """[N, A] bool: the affordances this policy may walk to now."""
+        offset = world.affordance_positions - world.positions.unsqueeze(1)
+        in_view = offset.abs().amax(dim=-1) <= self._sight
+        if self.knowledge == "view":
+            return in_view
+        if self.knowledge == "memory":
+            self._seen = torch.where((world.steps == 0).unsqueeze(1), in_view, self._seen | in_view)
+            return self._seen
+        return torch.ones_like(in_view)
 
     def act(self, world: World) -> torch.Tensor:
         th, m, n, dev = self.thresholds, world.meters, world.num_agents, world.device
@@ -84,24 +113,37 @@ class NeedsPolicy:
         dx, dy = goal[:, 0] - pos[:, 0], goal[:, 1] - pos[:, 1]
         step = torch.where(dx > 0, RIGHT, torch.where(dx < 0, LEFT, torch.where(dy > 0, DOWN, UP)))
         arrived = (dx == 0) & (dy == 0)
-        # Pace when idle or stuck: the first valid move of LEFT, RIGHT, UP, DOWN.
-        pace_order = torch.tensor([LEFT, RIGHT, UP, DOWN], device=dev)
-        pace = pace_order[mask[:, pace_order].to(torch.int8).argmax(dim=1)]
         action = torch.where(arrived, INTERACT, step)
-        action = torch.where(target < 0, pace, action)
+        if self.knowledge == "full":
+            # Pace when idle or stuck: the first valid move of LEFT, RIGHT, UP, DOWN.
+            pace_order = torch.tensor([LEFT, RIGHT, UP, DOWN], device=dev)
+            wander = pace_order[mask[:, pace_order].to(torch.int8).argmax(dim=1)]
+            action = torch.where(target < 0, wander, action)
+        else:
+            noise = torch.rand(n, INTERACT, generator=self._generator, device=dev)
+            wander = (noise * mask[:, :INTERACT]).argmax(dim=1)  # a random valid move
+            known = self._known(world).gather(1, target.clamp(min=0).view(-1, 1)).squeeze(1)
+            action = torch.where((target < 0) | ~known, wander, action)
         busy = (world.progress > 0) & mask[:, INTERACT]
         action = torch.where(busy, INTERACT, action)
         valid = mask.gather(1, action.view(-1, 1)).squeeze(1)
-        return torch.where(valid, action, pace)
+        return torch.where(valid, action, wander)
 
 
-def make_policy(name: str, world: World, seed: int = 0):
-    """A scripted policy by name: `random` or `needs`."""
+SCRIPTED_POLICIES = ("random", "needs", "needs-memory", "needs-view")
+
+
+def scripted_policies(level: LevelConfig) -> tuple[str, ...]:
+    """The policies worth comparing on `level`: the memory-limited ones only where the view is partial."""
+    return SCRIPTED_POLICIES if level.observation.view == "partial" else SCRIPTED_POLICIES[:2]
+
+
+def make_policy(name: str, world: World, seed: int = 0) -> RandomPolicy | NeedsPolicy:
+    """A scripted policy by name (see `SCRIPTED_POLICIES`)."""
     if name == "random":
         return RandomPolicy(seed, world.device)
     if name == "needs":
         return NeedsPolicy(world)
-    raise ValueError(f"unknown scripted policy {name!r}; allowed: random, needs")
-
-
-SCRIPTED_POLICIES = ("random", "needs")
+    if name in ("needs-memory", "needs-view"):
+        return NeedsPolicy(world, knowledge=name.removeprefix("needs-"), seed=seed)  # type: ignore[arg-type]
+    raise ValueError(f"unknown scripted policy {name!r}; allowed: {', '.join(SCRIPTED_POLICIES)}")
