@@ -11,7 +11,14 @@ from townlet.world import LEVEL_NAMES, ObsLayout, World, load_level
 
 @pytest.mark.parametrize(
     ("level", "dim"),
-    [("L0_minimal", 21), ("L1_full", 87), ("L2_partial", 400), ("L2_partial_fixed", 50), ("L3_temporal", 403)],
+    [
+        ("L0_minimal", 21),
+        ("L1_full", 87),
+        ("L2_partial", 400),
+        ("L2_partial_fixed", 50),
+        ("L2_memory", 160),
+        ("L3_temporal", 403),
+    ],
 )
 def test_observation_sizes(level, dim):
     world = make_world(level, n=3)

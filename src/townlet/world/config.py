@@ -27,6 +27,7 @@ LEVEL_NAMES: tuple[str, ...] = (
     "L1_full",
     "L2_partial",
     "L2_partial_fixed",
+    "L2_memory",
     "L3_temporal",
     "L3_temporal_fixed",
 )
