@@ -134,3 +134,41 @@ def test_memoryless_core_sees_only_the_current_step() -> None:
     torch.testing.assert_close(q2[:, :2], q[:, :2], rtol=0, atol=0)
     torch.testing.assert_close(q2[:, 3:], q[:, 3:], rtol=0, atol=0)
     assert not torch.allclose(q2[:, 2], q[:, 2])
+
+
+def test_obs_encoder_embeds_the_agents_cell_and_the_hour_read_from_the_observation() -> None:
+    from townlet.agents.networks import ObsEncoder
+    from townlet.world import World
+
+    torch.manual_seed(0)
+    world = World("L3_temporal", 64, seed=0)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(20):  # wander to many cells
+        obs, *_ = world.step((torch.rand(64, 5, generator=gen) * world.action_mask()).argmax(1))
+    world.hour = torch.arange(64) % 24  # every hour of the day, midnight included
+    obs = world.observe()
+    enc = ObsEncoder(world.obs_layout, 16)
+    assert torch.equal(enc.cell_index(obs), world.positions[:, 1] * 8 + world.positions[:, 0])
+    assert len(set(enc.cell_index(obs).tolist())) > 5
+    assert torch.equal(enc.hour_index(obs), world.hour)
+    # the output is the Linear of the observation plus one learned vector per cell and per hour
+    expected = enc.linear(obs) + enc.cell.weight[enc.cell_index(obs)] + enc.hour.weight[world.hour]
+    torch.testing.assert_close(enc(obs), expected)
+    enc(obs).sum().backward()
+    used = torch.zeros(64, dtype=torch.bool)
+    used[enc.cell_index(obs)] = True
+    grad_rows = enc.cell.weight.grad.abs().sum(1) > 0
+    assert torch.equal(grad_rows, used)  # each agent's cell vector, and only those, learns
+
+
+def test_obs_encoder_adds_nothing_where_the_layout_has_no_coordinates() -> None:
+    from townlet.agents.networks import ObsEncoder
+
+    for name, cell, hour in [("L1_full", False, False), ("L2_partial", True, False), ("L3_temporal", True, True)]:
+        enc = ObsEncoder(layout(name), 8)
+        assert (hasattr(enc, "cell"), hasattr(enc, "hour")) == (cell, hour)
+    plain = ObsEncoder(10, 4)  # a bare size: just the Linear
+    x = torch.randn(3, 10)
+    torch.testing.assert_close(plain(x), plain.linear(x))
+    assert isinstance(QNetwork(layout("L2_partial_fixed")).body[0], ObsEncoder)
+    assert isinstance(RecurrentQNetwork(layout("L2_partial_fixed")).encoder[0], ObsEncoder)

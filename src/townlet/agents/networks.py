@@ -29,12 +29,64 @@ def obs_dim_of(layout_or_obs_dim: ObsLayout | int) -> int:
     return dim
 
 
-def mlp(in_dim: int, hidden: Sequence[int], layer_norm: bool = False) -> tuple[nn.Sequential, int]:
-    """Linear (+ LayerNorm) + ReLU blocks; returns the module and its output width."""
+class ObsEncoder(nn.Module):
+    """The first layer: a Linear over the flat observation, plus a learned embedding of each discrete
+    coordinate the layout carries as numbers: the agent's cell (from `position`, x and y scaled to [0, 1])
+    and the hour (from `time`, its sine and cosine).
+
+    A Linear sees a coordinate as one number, so "at the Bed's cell" or "between 8 and 18" needs several
+    ReLU units to carve out; the embedding gives each cell and hour its own vector, as the one-hot `cell` of
+    the full view does. It equals a Linear over those one-hots, at the cost of a lookup.
+    """
+
+    def __init__(self, layout: ObsLayout | int, width: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(obs_dim_of(layout), width)
+        self.in_features = self.linear.in_features
+        self.grid = self.day = 0
+        if isinstance(layout, ObsLayout) and "position" in layout:
+            self.grid, self.position = layout.grid_size, layout["position"].slice
+            self.cell = nn.Embedding(self.grid * self.grid, width)
+        if isinstance(layout, ObsLayout) and "time" in layout and layout.day_length > 0:
+            self.day, self.time = layout.day_length, layout["time"].slice
+            self.hour = nn.Embedding(self.day, width)
+        for table in self.embeddings:
+            nn.init.normal_(table.weight, std=self.linear.weight.abs().mean().item())
+
+    @property
+    def embeddings(self) -> list[nn.Embedding]:
+        return [m for m in (getattr(self, "cell", None), getattr(self, "hour", None)) if m is not None]
+
+    def cell_index(self, obs: Tensor) -> Tensor:
+        """[...] long: y * grid + x of the agent's cell."""
+        xy = (obs[..., self.position] * (self.grid - 1)).round().long().clamp(0, self.grid - 1)
+        return xy[..., 1] * self.grid + xy[..., 0]
+
+    def hour_index(self, obs: Tensor) -> Tensor:
+        """[...] long: the hour in [0, day) whose angle the `time` field's (sin, cos) gives."""
+        sin, cos = obs[..., self.time].unbind(-1)
+        turn = torch.atan2(sin, cos) / (2 * torch.pi)
+        return (turn * self.day).round().long().remainder(self.day)
+
+    def forward(self, obs: Tensor) -> Tensor:
+        x = self.linear(obs)
+        if self.grid:
+            x = x + self.cell(self.cell_index(obs))
+        if self.day:
+            x = x + self.hour(self.hour_index(obs))
+        return x
+
+
+def mlp(
+    in_dim: int, hidden: Sequence[int], layer_norm: bool = False, layout: ObsLayout | None = None
+) -> tuple[nn.Sequential, int]:
+    """Linear (+ LayerNorm) + ReLU blocks; returns the module and its output width. With `layout`, the
+    first layer is an `ObsEncoder` of that observation (in_dim must be its size)."""
     layers: list[nn.Module] = []
     width = in_dim
     for h in hidden:
-        layers.append(nn.Linear(width, h))
+        first = layout is not None and not layers
+        layers.append(ObsEncoder(layout, h) if first else nn.Linear(width, h))
         if layer_norm:
             layers.append(nn.LayerNorm(h))
         layers.append(nn.ReLU())
@@ -75,7 +127,8 @@ class QNetwork(nn.Module):
         super().__init__()
         self.obs_dim = obs_dim_of(layout_or_obs_dim)
         self.num_actions = num_actions
-        self.body, width = mlp(self.obs_dim, hidden, layer_norm)
+        layout = layout_or_obs_dim if isinstance(layout_or_obs_dim, ObsLayout) else None
+        self.body, width = mlp(self.obs_dim, hidden, layer_norm, layout)
         self.head = QHead(width, num_actions, dueling=dueling)
 
     def forward(self, obs: Tensor) -> Tensor:
@@ -113,7 +166,9 @@ class RecurrentQNetwork(nn.Module):
         self.num_actions = num_actions
         self.hidden_size = hidden_size
         self.lstm_layers = lstm_layers
-        self.encoder, self.lstm_input_size = mlp(self.obs_dim, encoder_hidden)
+        self.encoder, self.lstm_input_size = mlp(
+            self.obs_dim, encoder_hidden, layout=layout if isinstance(layout, ObsLayout) else None
+        )
         self.memory = memory
         if memory:
             self.lstm = nn.LSTM(self.lstm_input_size, hidden_size, num_layers=lstm_layers, batch_first=True)

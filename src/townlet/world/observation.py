@@ -48,6 +48,7 @@ class ObsLayout:
     num_affordances: int
     window_side: int = 0
     window_channels: int = 0
+    day_length: int = 0  # ticks per day on temporal levels (the `time` field's period), else 0
 
     @property
     def dim(self) -> int:
@@ -97,4 +98,5 @@ class ObsLayout:
         for name, size, discrete in parts:
             fields.append(ObsField(name, start, size, discrete))
             start += size
-        return cls(tuple(fields), g, m, a, side, channels)
+        day = config.temporal.day_length if config.temporal is not None else 0
+        return cls(tuple(fields), g, m, a, side, channels, day)
