@@ -54,3 +54,23 @@ def test_zero_decay_steps_jumps_to_end() -> None:
 def test_invalid_configs(kwargs: dict[str, object]) -> None:
     with pytest.raises(ValueError):
         EpsilonSchedule(**kwargs)  # type: ignore[arg-type]
+
+
+def test_agent_epsilons_spread_from_epsilon_down_geometrically() -> None:
+    import torch
+
+    from townlet.explore import agent_epsilons
+
+    eps = agent_epsilons(0.4, 8, 7.0)
+    assert eps.shape == (8,) and eps.dtype == torch.float32
+    assert eps[0].item() == pytest.approx(0.4)
+    assert eps[-1].item() == pytest.approx(0.4**8)
+    assert torch.all(eps[1:] < eps[:-1])  # strictly decreasing with the agent's rank
+    # log ε is linear in the rank: equal ratios between neighbours
+    ratios = eps[1:] / eps[:-1]
+    torch.testing.assert_close(ratios, torch.full_like(ratios, 0.4 ** (7 / 7)))
+    assert torch.equal(agent_epsilons(0.3, 5, 0.0), torch.full((5,), 0.3))
+    assert torch.equal(agent_epsilons(1.0, 4, 7.0), torch.ones(4))  # before the decay: everyone explores
+    assert agent_epsilons(0.5, 1, 7.0).item() == pytest.approx(0.5)  # one agent: no division by zero
+    with pytest.raises(ValueError, match="spread"):
+        agent_epsilons(0.5, 4, -1.0)

@@ -48,10 +48,16 @@ def learner_rows(run_dir: Path) -> list[dict]:
 
 
 LR_DECAY = {"learner": {**SMALL["learner"], "lr": 1e-3, "lr_end": 1e-4, "lr_decay_steps": 4000}}
+EXPLORING = {
+    **RECURRENT,
+    "exploring_starts": {"probability": 0.5},
+    "exploration": {"start": 1.0, "end": 0.4, "decay_steps": 2000, "spread": 7.0},
+}
 
 
 @pytest.mark.parametrize(
-    ("level", "extra"), [("L0_minimal", {}), ("L2_partial_fixed", RECURRENT), ("L0_minimal", LR_DECAY)]
+    ("level", "extra"),
+    [("L0_minimal", {}), ("L2_partial_fixed", RECURRENT), ("L0_minimal", LR_DECAY), ("L2_partial_fixed", EXPLORING)],
 )
 def test_stopped_and_resumed_run_equals_uninterrupted_run(tmp_path, level, extra):
     full = Trainer(small_config(level, 4800, **extra), tmp_path / "full")
@@ -71,6 +77,28 @@ def test_stopped_and_resumed_run_equals_uninterrupted_run(tmp_path, level, extra
     episodes_resumed, _ = read_metrics(tmp_path / "part")
     assert episodes_full == episodes_resumed and len(episodes_full) > 20
     assert learner_rows(tmp_path / "full") == learner_rows(tmp_path / "part")
+
+
+def test_run_config_reaches_the_world_and_the_exploration(tmp_path):
+    """compile_world, exploring starts and the per-agent ε spread are applied where they act."""
+    config = small_config(
+        "L0_minimal", agents=200, compile_world=True, exploring_starts={"probability": 0.3},
+        exploration={"start": 0.5, "end": 0.5, "decay_steps": 10, "spread": 7.0},
+    )
+    trainer = Trainer(config, tmp_path / "run")
+    assert trainer.world._step_fn is not trainer.world._advance  # compiled (lazily, on the first step)
+    assert torch.all(trainer.world.random_starts == 0.3)
+    assert torch.all(Trainer(small_config("L0_minimal"), tmp_path / "plain").world.random_starts == 0)
+    trainer.world._step_fn = trainer.world._advance  # the rest of this test needs no compiled step
+    explored = torch.zeros(200)
+    for _ in range(60):
+        with torch.no_grad():
+            greedy = trainer.network(trainer.obs).masked_fill(~trainer.mask, float("-inf")).argmax(1)
+        trainer.collect()
+        explored += (trainer.replay._actions[(trainer.replay._total - 1) % trainer.replay.rows].long() != greedy)
+    # agent 0 explores at ε = 0.5 (a random valid action differs from the greedy one about half the time), the
+    # last at 0.5 ** 8: almost never
+    assert explored[:20].mean() > 10 * max(explored[-20:].mean().item(), 0.1)
 
 
 def test_learning_rate_follows_its_env_step_schedule(tmp_path):

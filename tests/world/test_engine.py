@@ -192,3 +192,58 @@ def test_state_dict_round_trip_continues_exactly():
     bad["meters"] = bad["meters"][:2]
     with pytest.raises(ValueError, match="meters"):
         b.load_state_dict(bad)
+
+
+def _start_all(world: World) -> None:
+    """Begin a new episode for every agent (as an auto-reset would)."""
+    world._begin_episodes(torch.ones(world.num_agents, dtype=torch.bool))
+
+
+def test_random_starts_draw_meters_in_range_from_each_agents_stream():
+    n = 4000
+    world = World("L2_partial_fixed", n, seed=3)
+    start = world._start
+    assert torch.all(world.meters == start)  # by default every episode starts as the level says
+    world.set_random_starts(1.0)
+    _start_all(world)
+    m, money = world.meters, world.meter_names.index("money")
+    others = [i for i in range(8) if i != money]
+    assert torch.all(m[:, others] >= World.RANDOM_START_LOW) and torch.all(m[:, others] <= 1)
+    assert torch.all((m[:, money] >= 0) & (m[:, money] <= 1))
+    # roughly uniform: the mean of U(0.2, 1) is 0.6, of U(0, 1) 0.5; meters are drawn independently
+    assert m[:, others].mean().item() == pytest.approx(0.6, abs=0.02)
+    assert m[:, money].mean().item() == pytest.approx(0.5, abs=0.02)
+    assert abs(torch.corrcoef(m[:, :2].T)[0, 1].item()) < 0.1
+    again = World("L2_partial_fixed", n, seed=3)
+    again.set_random_starts(1.0)
+    _start_all(again)
+    assert torch.equal(again.meters, m)  # same seed, same draws
+    other_seed = World("L2_partial_fixed", n, seed=4)
+    other_seed.set_random_starts(1.0)
+    _start_all(other_seed)
+    assert not torch.equal(other_seed.meters, m)
+
+
+def test_random_starts_probability_is_per_agent():
+    n = 4000
+    world = World("L1_full", n, seed=0)
+    world.set_random_starts(torch.cat([torch.full((n // 2,), 0.5), torch.zeros(n // 2)]))
+    _start_all(world)
+    changed = (world.meters != world._start).any(dim=1)
+    assert changed[: n // 2].float().mean().item() == pytest.approx(0.5, abs=0.04)
+    assert not changed[n // 2 :].any()
+    for bad, message in [(1.5, r"\[0, 1\]"), (-0.1, r"\[0, 1\]"), (torch.zeros(3), "shape")]:
+        with pytest.raises(ValueError, match=message):
+            world.set_random_starts(bad)
+
+
+def test_random_starts_compiled_matches_eager():
+    worlds = [World("L2_partial_fixed", 64, seed=1, compile=c) for c in (False, True)]
+    for w in worlds:
+        w.set_random_starts(0.5)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(300):  # several auto-resets per agent
+        actions = random_valid(worlds[0], gen)
+        (a, *_), (b, *_) = (w.step(actions) for w in worlds)
+        assert torch.equal(a, b)
+    assert torch.equal(worlds[0].meters, worlds[1].meters)

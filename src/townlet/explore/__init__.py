@@ -2,6 +2,6 @@
 
 from townlet.explore.annealing import IntrinsicAnnealing
 from townlet.explore.rnd import RND, RunningMeanStd
-from townlet.explore.schedule import EpsilonSchedule
+from townlet.explore.schedule import EpsilonSchedule, agent_epsilons
 
-__all__ = ["RND", "EpsilonSchedule", "IntrinsicAnnealing", "RunningMeanStd"]
+__all__ = ["RND", "EpsilonSchedule", "IntrinsicAnnealing", "RunningMeanStd", "agent_epsilons"]

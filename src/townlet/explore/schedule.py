@@ -7,6 +7,8 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
+import torch
+
 
 @dataclass(frozen=True)
 class EpsilonSchedule:
@@ -46,3 +48,16 @@ class EpsilonSchedule:
         return self.start * math.exp(frac * math.log(self.end / self.start))
 
     __call__ = value
+
+
+def agent_epsilons(epsilon: float, num_agents: int, spread: float, device: torch.device | str = "cpu") -> torch.Tensor:
+    """[N] per-agent exploration rates ε ** (1 + spread * i / (N - 1)), as Ape-X gives its actors.
+
+    Agent 0 explores at ε, the last at ε ** (1 + spread): with ε = 0.4 and spread 7, from 0.4 down to 0.0007.
+    The few explorers keep finding what the near-greedy majority has stopped trying, while the majority lives
+    the long episodes that teach the late game. spread = 0 gives every agent ε.
+    """
+    if spread < 0:
+        raise ValueError(f"spread must be >= 0, got {spread}")
+    rank = torch.arange(num_agents, dtype=torch.float64, device=device) / max(num_agents - 1, 1)
+    return (epsilon ** (1.0 + spread * rank)).float()

@@ -21,7 +21,7 @@ from townlet.agents import QNetwork, RecurrentQNetwork
 from townlet.curriculum import AdversarialCurriculum, Curriculum, StaticCurriculum
 from townlet.explore.annealing import IntrinsicAnnealing
 from townlet.explore.rnd import RND
-from townlet.explore.schedule import EpsilonSchedule
+from townlet.explore.schedule import EpsilonSchedule, agent_epsilons
 from townlet.learn import DQNConfig, DQNLearner, R2D2Config, RecurrentActor, RecurrentLearner, masked_epsilon_greedy
 from townlet.replay import SequenceReplay, TransitionReplay, with_intrinsic
 from townlet.train.checkpoint import (
@@ -119,7 +119,12 @@ class Trainer:
         torch.manual_seed(config.seed)
         self.level = load_level(config.level)
         # actions come from a masked argmax, always in range: skip the per-step check (a host sync on CUDA)
-        self.world = World(self.level, config.agents, device=self.device, seed=config.seed, validate_actions=False)
+        self.world = World(
+            self.level, config.agents, device=self.device, seed=config.seed, validate_actions=False,
+            compile=config.compile_world,
+        )
+        if config.exploring_starts.probability > 0:
+            self.world.set_random_starts(config.exploring_starts.probability)
         self.recurrent = config.network.kind != "mlp"  # lstm and feedforward both learn on sequences
         self.network = build_network(config, self.world).to(self.device)
         lc, rc = config.learner, config.replay
@@ -286,7 +291,9 @@ class Trainer:
 
     def collect(self) -> None:
         """One world step for every agent, stored in replay; curriculum decisions applied to the world."""
-        eps = self.epsilon(self.env_steps)
+        eps: float | torch.Tensor = self.epsilon(self.env_steps)
+        if self.config.exploration.spread > 0:
+            eps = agent_epsilons(eps, self.world.num_agents, self.config.exploration.spread, self.device)
         world, obs, mask = self.world, self.obs, self.mask
         if self.actor is not None:
             step = self.actor.act(obs, mask, eps)

@@ -14,7 +14,7 @@ import torch
 
 from townlet.world.config import METER_NAMES, REWARD_MODES, LevelConfig, hour_is_open, load_level
 from townlet.world.observation import ObsLayout
-from townlet.world.rng import agent_randint
+from townlet.world.rng import agent_randint, agent_uniform, stream_offset
 
 NUM_ACTIONS = 5
 ACTION_NAMES = ("UP", "DOWN", "LEFT", "RIGHT", "INTERACT")
@@ -23,6 +23,7 @@ _EPS = 1e-5  # float32 slack: "can pay" and "meter is empty" (spec: rounding mus
 
 # Layout streams of the per-agent counter RNG.
 _STREAM_LAYOUT, _STREAM_SPAWN = 1, 2
+_STREAM_START = 3  # exploring starts: stream 3 picks, streams 4.. draw each meter
 
 
 class StepInfo(dict):
@@ -115,6 +116,7 @@ class World:
         self.episode = torch.full((n,), -1, dtype=torch.long, device=dev)
         self.episode_return = torch.zeros(n, device=dev)
         self.depletion = torch.ones(n, device=dev)
+        self.random_starts = torch.zeros(n, device=dev)  # see set_random_starts
         self.reward_mode = torch.full(
             (n,), REWARD_MODES.index(config.rewards.mode), dtype=torch.long, device=dev
         )
@@ -221,6 +223,8 @@ class World:
                 chan = torch.where(padded >= 0, padded, torch.where(padded == -2, a, a + 1))
                 self._pool_window = chan.to(torch.int16).to(self.device)
                 self._window_cells = torch.arange(w * w, device=self.device).view(1, -1)
+        streams = range(_STREAM_START, _STREAM_START + 1 + len(METER_NAMES))
+        self._start_offsets = torch.tensor([stream_offset(self.seed, s) for s in streams], device=self.device)
         self._cell_ids = torch.arange(g * g, device=self.device).view(1, -1)
         self._here_ids = torch.arange(a + 1, device=self.device).view(1, -1)
 
@@ -286,6 +290,27 @@ class World:
                 if bool(((modes < 0) | (modes >= len(REWARD_MODES))).any()):
                     raise ValueError(f"reward_mode indices must be in [0, {len(REWARD_MODES) - 1}]")
                 self.reward_mode.copy_(modes)
+
+    RANDOM_START_LOW = 0.2  # a random start draws each meter from [0.2, 1], money from [0, 1]
+
+    def set_random_starts(self, probability: torch.Tensor | float) -> None:
+        """Per-agent probability [N] (or one for all) that an episode starts from random meters instead of the
+        level's: each meter uniform in [RANDOM_START_LOW, 1], money uniform in [0, 1], from the agent's own
+        stream. Exploring starts for training: an agent then meets being broke, dirty or unfit from its first
+        episodes rather than only late in long ones. Evaluation worlds keep 0 (the level's start)."""
+        value = torch.as_tensor(probability, dtype=torch.float32, device=self.device)
+        if value.dim() > 1 or (value.dim() == 1 and value.shape[0] != self.num_agents):
+            raise ValueError(
+                f"random start probability must be a float or shape [{self.num_agents}], got {list(value.shape)}"
+            )
+        if bool(((value < 0) | (value > 1)).any()):
+            raise ValueError("random start probability must be in [0, 1]")
+        self.random_starts = value.expand(self.num_agents).clone()
+        self._random_starts_on = bool((value > 0).any())
+        self._random_low = torch.full_like(self._start, self.RANDOM_START_LOW)
+        self._random_low[self._money] = 0.0
+
+    _random_starts_on = False  # a plain bool, so worlds without random starts trace no draw at all
 
     def reset(self, positions: torch.Tensor | None = None, seed: int | None = None) -> torch.Tensor:
         """Start a new episode for every agent; returns the first observations [N, D].
@@ -475,7 +500,13 @@ class World:
         spawn = torch.stack([cell % g, cell // g], dim=1)
         keep = starting.view(-1, 1)
         self.positions = torch.where(keep, spawn, self.positions)
-        self.meters = torch.where(keep, self._start, self.meters)
+        start = self._start.expand_as(self.meters)
+        if self._random_starts_on:
+            draw = agent_uniform(self._agent_ids, self.episode, self._start_offsets)  # [N, 1 + M]
+            low = self._random_low
+            random_meters = low + draw[:, 1:] * (1.0 - low)
+            start = torch.where((draw[:, 0] < self.random_starts).view(-1, 1), random_meters, start)
+        self.meters = torch.where(keep, start, self.meters)
         self.steps = torch.where(starting, 0, self.steps)
         self.hour = torch.where(starting, self._start_hour, self.hour)
         self.progress = torch.where(starting, 0, self.progress)

@@ -34,10 +34,25 @@ def mix64(z: torch.Tensor) -> torch.Tensor:
     return z ^ _shift_right(z, 31)
 
 
+def stream_offset(seed: int, stream: int) -> int:
+    """The constant that selects draw `stream` of a seed."""
+    return _signed(seed * 0x9E3779B97F4A7C15 + stream * 0xE7037ED1A0B428DB)
+
+
+def _bits(agents: torch.Tensor, episodes: torch.Tensor, offset: int | torch.Tensor) -> torch.Tensor:
+    """53 random bits (as a non-negative int64) per (agent, episode, offset)."""
+    return _shift_right(mix64(mix64(agents * _AGENT + episodes * _EPISODE + offset)), 11)
+
+
 def agent_randint(
     seed: int, agents: torch.Tensor, episodes: torch.Tensor, stream: int, high: int
 ) -> torch.Tensor:
     """One integer in [0, high) per agent for draw `stream` of its episode `episodes[i]`."""
-    offset = _signed(seed * 0x9E3779B97F4A7C15 + stream * 0xE7037ED1A0B428DB)
-    z = agents * _AGENT + episodes * _EPISODE + offset
-    return (_shift_right(mix64(mix64(z)), 11)) % high
+    return _bits(agents, episodes, stream_offset(seed, stream)) % high
+
+
+def agent_uniform(agents: torch.Tensor, episodes: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+    """[N, K] float32 in [0, 1): one draw per agent and per stream, `offsets` [K] from `stream_offset` (kept on
+    the device by the caller, so drawing needs no host-to-device copy)."""
+    bits = _bits(agents.view(-1, 1), episodes.view(-1, 1), offsets.view(1, -1))
+    return _shift_right(bits, 29).float() * (1.0 / (1 << 24))
