@@ -12,6 +12,7 @@ import torch
 from typer.testing import CliRunner
 
 from townlet.cli import app
+from townlet.explore import agent_epsilons
 from townlet.train import Trainer, load_run_config, parse_overrides
 from townlet.train.checkpoint import (
     CheckpointError,
@@ -99,6 +100,14 @@ def test_run_config_reaches_the_world_and_the_exploration(tmp_path):
     # agent 0 explores at ε = 0.5 (a random valid action differs from the greedy one about half the time), the
     # last at 0.5 ** 8: almost never
     assert explored[:20].mean() > 10 * max(explored[-20:].mean().item(), 0.1)
+    # an exploring start's first action is random whatever the agent's ε
+    world = trainer.world
+    world.exploring = torch.arange(200) % 2 == 0
+    world.steps = torch.where(torch.arange(200) < 100, 0, 5)
+    eps = trainer.exploration_rates()
+    first = world.exploring & (world.steps == 0)
+    assert torch.all(eps[first] == 1.0) and first.sum() == 50
+    assert torch.allclose(eps[~first], agent_epsilons(0.5, 200, 7.0)[~first])
 
 
 def test_learning_rate_follows_its_env_step_schedule(tmp_path):

@@ -210,6 +210,11 @@ def test_random_starts_draw_meters_in_range_from_each_agents_stream():
     others = [i for i in range(8) if i != money]
     assert torch.all(m[:, others] >= World.RANDOM_START_LOW) and torch.all(m[:, others] <= 1)
     assert torch.all((m[:, money] >= 0) & (m[:, money] <= 1))
+    # placed on an affordance of the layout, every one of them about equally often; marked as exploring
+    here = world._affordance_id(world.positions, world.layout_id)
+    assert torch.all(here >= 0) and torch.all(world.exploring)
+    counts = torch.bincount(here, minlength=world.num_affordances).float()
+    assert counts.min() > 0.7 * n / world.num_affordances
     # roughly uniform: the mean of U(0.2, 1) is 0.6, of U(0, 1) 0.5; meters are drawn independently
     assert m[:, others].mean().item() == pytest.approx(0.6, abs=0.02)
     assert m[:, money].mean().item() == pytest.approx(0.5, abs=0.02)
@@ -232,6 +237,7 @@ def test_random_starts_probability_is_per_agent():
     changed = (world.meters != world._start).any(dim=1)
     assert changed[: n // 2].float().mean().item() == pytest.approx(0.5, abs=0.04)
     assert not changed[n // 2 :].any()
+    assert torch.equal(world.exploring, changed)
     for bad, message in [(1.5, r"\[0, 1\]"), (-0.1, r"\[0, 1\]"), (torch.zeros(3), "shape")]:
         with pytest.raises(ValueError, match=message):
             world.set_random_starts(bad)

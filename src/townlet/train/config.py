@@ -86,8 +86,9 @@ class ExplorationConfig(_Strict):
 
 class ExploringStartsConfig(_Strict):
     """Exploring starts: with this probability a training episode begins from random meters (each uniform in
-    [0.2, 1], money in [0, 1]) instead of the level's start, so being broke, dirty or unfit is met from the
-    first episodes on, not only late in long ones. Evaluation always starts as the level says."""
+    [0.2, 1], money in [0, 1]) on a random affordance, and its first action is random, so every affordance is
+    tried in every kind of state: being broke at the Job is met from the first episodes on, not only late in
+    long ones. Evaluation always starts as the level says."""
 
     probability: float = Field(default=0.0, ge=0.0, le=1.0)
 

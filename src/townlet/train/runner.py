@@ -289,11 +289,19 @@ class Trainer:
         left = self._budget_left()
         return left is not None and left <= 0
 
-    def collect(self) -> None:
-        """One world step for every agent, stored in replay; curriculum decisions applied to the world."""
+    def exploration_rates(self) -> float | torch.Tensor:
+        """ε for the next action: the schedule's, spread per agent if asked, and 1 for the first action of an
+        exploring start."""
         eps: float | torch.Tensor = self.epsilon(self.env_steps)
         if self.config.exploration.spread > 0:
             eps = agent_epsilons(eps, self.world.num_agents, self.config.exploration.spread, self.device)
+        if self.config.exploring_starts.probability > 0:
+            eps = torch.where(self.world.exploring & (self.world.steps == 0), 1.0, eps)
+        return eps
+
+    def collect(self) -> None:
+        """One world step for every agent, stored in replay; curriculum decisions applied to the world."""
+        eps = self.exploration_rates()
         world, obs, mask = self.world, self.obs, self.mask
         if self.actor is not None:
             step = self.actor.act(obs, mask, eps)

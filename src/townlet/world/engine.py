@@ -23,7 +23,7 @@ _EPS = 1e-5  # float32 slack: "can pay" and "meter is empty" (spec: rounding mus
 
 # Layout streams of the per-agent counter RNG.
 _STREAM_LAYOUT, _STREAM_SPAWN = 1, 2
-_STREAM_START = 3  # exploring starts: stream 3 picks, streams 4.. draw each meter
+_STREAM_START = 3  # exploring starts: stream 3 picks, the next draw each meter, the last the spawn affordance
 
 
 class StepInfo(dict):
@@ -117,6 +117,7 @@ class World:
         self.episode_return = torch.zeros(n, device=dev)
         self.depletion = torch.ones(n, device=dev)
         self.random_starts = torch.zeros(n, device=dev)  # see set_random_starts
+        self.exploring = torch.zeros(n, dtype=torch.bool, device=dev)  # this episode began as a random start
         self.reward_mode = torch.full(
             (n,), REWARD_MODES.index(config.rewards.mode), dtype=torch.long, device=dev
         )
@@ -223,7 +224,7 @@ class World:
                 chan = torch.where(padded >= 0, padded, torch.where(padded == -2, a, a + 1))
                 self._pool_window = chan.to(torch.int16).to(self.device)
                 self._window_cells = torch.arange(w * w, device=self.device).view(1, -1)
-        streams = range(_STREAM_START, _STREAM_START + 1 + len(METER_NAMES))
+        streams = range(_STREAM_START, _STREAM_START + 2 + len(METER_NAMES))
         self._start_offsets = torch.tensor([stream_offset(self.seed, s) for s in streams], device=self.device)
         self._cell_ids = torch.arange(g * g, device=self.device).view(1, -1)
         self._here_ids = torch.arange(a + 1, device=self.device).view(1, -1)
@@ -294,10 +295,12 @@ class World:
     RANDOM_START_LOW = 0.2  # a random start draws each meter from [0.2, 1], money from [0, 1]
 
     def set_random_starts(self, probability: torch.Tensor | float) -> None:
-        """Per-agent probability [N] (or one for all) that an episode starts from random meters instead of the
-        level's: each meter uniform in [RANDOM_START_LOW, 1], money uniform in [0, 1], from the agent's own
-        stream. Exploring starts for training: an agent then meets being broke, dirty or unfit from its first
-        episodes rather than only late in long ones. Evaluation worlds keep 0 (the level's start)."""
+        """Per-agent probability [N] (or one for all) that an episode is an exploring start: random meters
+        (each uniform in [RANDOM_START_LOW, 1], money in [0, 1]) instead of the level's, and the agent placed
+        on a random affordance of its layout, all from the agent's own stream; `exploring` [N] marks such
+        episodes. For training: an agent then meets being broke, dirty or unfit at the Job, the Shower or the
+        Gym from its first episodes on, not only late in long ones (a learner can make its first action there
+        random, so every affordance is tried in every kind of state). Evaluation worlds keep 0."""
         value = torch.as_tensor(probability, dtype=torch.float32, device=self.device)
         if value.dim() > 1 or (value.dim() == 1 and value.shape[0] != self.num_agents):
             raise ValueError(
@@ -336,7 +339,7 @@ class World:
 
     _STATE_FIELDS = (
         "positions", "meters", "steps", "hour", "progress", "layout_id", "episode", "episode_return",
-        "depletion", "reward_mode",
+        "depletion", "reward_mode", "exploring",
     )
 
     def state_dict(self) -> dict[str, torch.Tensor | int]:
@@ -499,13 +502,17 @@ class World:
         cell = agent_randint(self.seed, self._agent_ids, self.episode, _STREAM_SPAWN, g * g)
         spawn = torch.stack([cell % g, cell // g], dim=1)
         keep = starting.view(-1, 1)
-        self.positions = torch.where(keep, spawn, self.positions)
         start = self._start.expand_as(self.meters)
         if self._random_starts_on:
-            draw = agent_uniform(self._agent_ids, self.episode, self._start_offsets)  # [N, 1 + M]
+            draw = agent_uniform(self._agent_ids, self.episode, self._start_offsets)  # [N, 2 + M]
+            exploring = draw[:, 0] < self.random_starts
             low = self._random_low
-            random_meters = low + draw[:, 1:] * (1.0 - low)
-            start = torch.where((draw[:, 0] < self.random_starts).view(-1, 1), random_meters, start)
+            start = torch.where(exploring.view(-1, 1), low + draw[:, 1:-1] * (1.0 - low), start)
+            which = (draw[:, -1] * self.num_affordances).long().clamp(max=self.num_affordances - 1)
+            on_affordance = self._pool_positions[self.layout_id, which]  # [N, 2]
+            spawn = torch.where(exploring.view(-1, 1), on_affordance, spawn)
+            self.exploring = torch.where(starting, exploring, self.exploring)
+        self.positions = torch.where(keep, spawn, self.positions)
         self.meters = torch.where(keep, start, self.meters)
         self.steps = torch.where(starting, 0, self.steps)
         self.hour = torch.where(starting, self._start_hour, self.hour)
