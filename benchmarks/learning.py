@@ -8,7 +8,9 @@ row is the random policy, evaluated on the same episodes.
 
     python benchmarks/learning.py LEVEL|all [--seeds 3] [--episodes 1000] [--out benchmarks/results]
 
-`--minutes` replaces every budget (for a quick smoke run; the goals are defined at the budgets above).
+`--minutes` replaces every budget (for a quick smoke run; the goals are defined at the budgets above). Training
+one level keeps the other levels' runs from the results JSON already there, so the table stays whole; each
+run records when it finished.
 `--replot` rewrites the Markdown and the plots from an earlier results JSON (and its run directories)
 without training.
 """
@@ -38,6 +40,13 @@ def baseline_note(rows: list[dict]) -> str:
     )
 
 
+def kept_records(path: Path, levels: list[str]) -> list[dict]:
+    """The runs of the other levels in an earlier results file, so training one level updates only its rows."""
+    if not path.exists():
+        return []
+    return [r for r in json.loads(path.read_text())["runs"] if r["level"] not in levels and r["level"] in BUDGETS]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("level", choices=[*BUDGETS, "all"])
@@ -56,10 +65,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"wrote {path}")
         return 0
     levels = list(BUDGETS) if args.level == "all" else [args.level]
-    records, goals = [], {}
+    records, goals = kept_records(args.out / f"{args.stem}.json", levels), {lv: g for lv, (_, g) in BUDGETS.items()}
     for level in levels:
-        minutes, goal = BUDGETS[level]
-        goals[level] = goal
+        minutes, _ = BUDGETS[level]
         for seed in range(args.seeds):
             trial = Trial(level, level, seed, args.minutes or minutes)
             print(f"{level} seed {seed}: training {trial.minutes:g} min ...", flush=True)
@@ -68,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  greedy mean {ev['survival_mean']:.1f}, cap rate {ev['cap_rate']:.1%}, "
                   f"{record['env_steps']:,} steps, {record['updates']:,} updates", flush=True)
             records.append(record)
+    records.sort(key=lambda r: (list(BUDGETS).index(r["level"]), r["seed"]))
     rows = summarize(records, goals)
     for row in rows:
         random = scripted_stats(load_level(row["level"]), args.episodes, 250, 12345)["random"]

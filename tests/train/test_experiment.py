@@ -73,6 +73,13 @@ def test_learning_benchmark_then_memory_ablation_reusing_its_lstm_run(tmp_path: 
     assert (out / "learning-L2_partial_fixed.png").read_bytes()[:4] == b"\x89PNG"
     minutes, survival = training_curve(Path(run["run_dir"]))
     assert len(minutes) == len(survival) and (survival > 0).all()
+    assert f"L2_partial_fixed seed 0 {run['finished']}" in md
+    # training another level keeps this one's run: the table stays whole
+    assert learning.main(["L1_full", "--seeds", "1", "--minutes", "0.02", "--episodes", "10", "--out", str(out),
+                          "--runs", str(runs)]) == 0
+    both = json.loads((out / "learning.json").read_text())
+    assert [r["level"] for r in both["rows"]] == ["L1_full", "L2_partial_fixed"]
+    assert both["runs"][1] == run
 
     ablation = load_script("memory_ablation")
     code = ablation.main(["--level", "L2_partial_fixed", "--minutes", "0.03", "--episodes", "10", "--out", str(out),

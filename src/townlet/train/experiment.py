@@ -89,6 +89,7 @@ def run_trial(trial: Trial, runs_dir: Path, episodes: int = 1000, eval_seed: int
         "train_s": train_s,
         "env_steps": trainer.env_steps,
         "updates": trainer.learner.updates,
+        "finished": time.strftime("%Y-%m-%d %H:%M"),
         "eval": {k: v for k, v in result.items() if k not in ("checkpoint", "level")},
     }
 
@@ -260,6 +261,9 @@ def write_results(
     md = [f"# {title}", "", f"`{command}` on {where}, {when}.", "", markdown_table(rows, baselines), ""]
     if notes:
         md += [notes, ""]
+    finished = [f"{r['name']} seed {r['seed']} {r['finished']}" for r in records if "finished" in r]
+    if finished:
+        md += ["Runs finished: " + ", ".join(finished) + ".", ""]
     md += [f"![{p.stem}]({p.name})" for p in written]
     atomic_write_text(out_dir / f"{stem}.md", "\n".join(md) + "\n")
     return [out_dir / f"{stem}.json", out_dir / f"{stem}.md", *written]
