@@ -22,6 +22,7 @@ import json
 import sys
 from pathlib import Path
 
+from townlet.train.config import parse_overrides
 from townlet.train.evaluate import scripted_stats
 from townlet.train.experiment import Goal, Trial, run_trial, summarize, write_results
 from townlet.world import load_level
@@ -57,6 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=Path, default=Path("runs") / "bench-learning", help="run directories")
     parser.add_argument("--stem", default="learning", help="output file names: STEM.md, STEM.json, STEM-LEVEL.png")
     parser.add_argument("--replot", action="store_true", help="re-render STEM.md and the plots from STEM.json")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a run-config field in every run, as `townlet train --set` (recorded)")
     args = parser.parse_args(argv)
     if args.replot:
         data = json.loads((args.out / f"{args.stem}.json").read_text())
@@ -69,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     for level in levels:
         minutes, _ = BUDGETS[level]
         for seed in range(args.seeds):
-            trial = Trial(level, level, seed, args.minutes or minutes)
+            trial = Trial(level, level, seed, args.minutes or minutes, parse_overrides(args.overrides))
             print(f"{level} seed {seed}: training {trial.minutes:g} min ...", flush=True)
             record = run_trial(trial, args.runs, episodes=args.episodes)
             ev = record["eval"]

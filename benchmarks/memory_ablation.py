@@ -22,7 +22,9 @@ import json
 import sys
 from pathlib import Path
 
+from townlet.train.config import parse_overrides
 from townlet.train.experiment import Trial, run_trial, summarize, write_results
+from townlet.world.config import deep_merge
 
 VARIANTS = {
     "lstm": {},
@@ -41,11 +43,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
     parser.add_argument("--runs", type=Path, default=Path("runs") / "bench-ablation", help="run directories")
     parser.add_argument("--lstm-from", type=Path, default=None, help="reuse lstm runs from a learning.json")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a run-config field in every variant, as `townlet train --set`")
     args = parser.parse_args(argv)
+    extra = parse_overrides(args.overrides)
     reused = {}
     if args.lstm_from is not None:
         for run in json.loads(args.lstm_from.read_text())["runs"]:
-            if run["level"] == args.level and run["minutes"] == args.minutes and not run["overrides"]:
+            if run["level"] == args.level and run["minutes"] == args.minutes and run["overrides"] == extra:
                 reused[run["seed"]] = {**run, "name": "lstm"}
     records = []
     for seed in range(args.seeds):
@@ -54,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"lstm seed {seed}: reusing {reused[seed]['run_dir']} from {args.lstm_from}", flush=True)
                 records.append(reused[seed])
                 continue
-            trial = Trial(name, args.level, seed, args.minutes, VARIANTS[name])
+            trial = Trial(name, args.level, seed, args.minutes, deep_merge(extra, VARIANTS[name]))
             print(f"{name} seed {seed}: training {args.level} for {args.minutes:g} min ...", flush=True)
             record = run_trial(trial, args.runs, episodes=args.episodes)
             print(f"  greedy mean {record['eval']['survival_mean']:.1f}, {record['env_steps']:,} steps, "

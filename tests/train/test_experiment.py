@@ -15,6 +15,7 @@ from tests.train.runs import make_run
 from townlet.train.experiment import Goal, ci95, markdown_table, summarize, training_curve, write_results
 
 BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+FAST = ["--set", "compile_world=false"]  # a 2-second budget has no room for compiling the world
 
 
 def load_script(name: str) -> ModuleType:
@@ -60,7 +61,7 @@ def test_learning_benchmark_then_memory_ablation_reusing_its_lstm_run(tmp_path: 
     out, runs = tmp_path / "results", tmp_path / "runs"
     learning = load_script("learning")
     code = learning.main(["L2_partial_fixed", "--seeds", "1", "--minutes", "0.03", "--episodes", "20",
-                          "--out", str(out), "--runs", str(runs)])
+                          "--out", str(out), "--runs", str(runs), *FAST])
     assert code == 0
     data = json.loads((out / "learning.json").read_text())
     (row,) = data["rows"]
@@ -76,14 +77,14 @@ def test_learning_benchmark_then_memory_ablation_reusing_its_lstm_run(tmp_path: 
     assert f"L2_partial_fixed seed 0 {run['finished']}" in md
     # training another level keeps this one's run: the table stays whole
     assert learning.main(["L1_full", "--seeds", "1", "--minutes", "0.02", "--episodes", "10", "--out", str(out),
-                          "--runs", str(runs)]) == 0
+                          "--runs", str(runs), *FAST]) == 0
     both = json.loads((out / "learning.json").read_text())
     assert [r["level"] for r in both["rows"]] == ["L1_full", "L2_partial_fixed"]
     assert both["runs"][1] == run
 
     ablation = load_script("memory_ablation")
     code = ablation.main(["--level", "L2_partial_fixed", "--minutes", "0.03", "--episodes", "10", "--out", str(out),
-                          "--runs", str(runs), "--lstm-from", str(out / "learning.json")])
+                          "--runs", str(runs), "--lstm-from", str(out / "learning.json"), *FAST])
     assert code == 0
     data = json.loads((out / "memory-ablation-L2_partial_fixed.json").read_text())
     assert [r["name"] for r in data["rows"]] == ["lstm", "no-memory", "zero-state"]
@@ -92,6 +93,7 @@ def test_learning_benchmark_then_memory_ablation_reusing_its_lstm_run(tmp_path: 
     configs = {r["name"]: (Path(r["run_dir"]) / "config.yaml").read_text() for r in data["runs"]}
     assert "kind: feedforward" in configs["no-memory"] and "kind: lstm" in configs["lstm"]
     assert "stored_state: false" in configs["zero-state"] and "burn_in: 0" in configs["zero-state"]
+    assert all("compile_world: false" in c for c in configs.values())  # --set reaches every variant
     for r in data["rows"]:
         assert r["lstm_ratio"] == pytest.approx(data["rows"][0]["survival_mean"] / r["survival_mean"])
     assert "LSTM against the ablations" in (out / "memory-ablation-L2_partial_fixed.md").read_text()

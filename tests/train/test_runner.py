@@ -27,6 +27,7 @@ from townlet.world import ConfigError
 
 SMALL = {
     "agents": 8,
+    "compile_world": False,
     "learner": {"learning_starts": 400, "batch_size": 32, "replay_ratio": 1.0, "target_update_every": 50},
     "replay": {"capacity": 4000},
     "exploration": {"decay_steps": 2000},
