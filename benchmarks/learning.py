@@ -27,6 +27,9 @@ from townlet.train.evaluate import scripted_stats
 from townlet.train.experiment import Goal, Trial, run_trial, summarize, write_results
 from townlet.world import load_level
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from world_throughput import machine_speed  # sibling benchmark script
+
 BUDGETS = {  # level: (minutes, goal)
     "L1_full": (5.0, Goal("cap_rate", 0.95)),
     "L2_partial_fixed": (10.0, Goal("survival_mean", 450)),
@@ -74,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         for seed in range(args.seeds):
             trial = Trial(level, level, seed, args.minutes or minutes, parse_overrides(args.overrides))
             print(f"{level} seed {seed}: training {trial.minutes:g} min ...", flush=True)
-            record = run_trial(trial, args.runs, episodes=args.episodes)
+            record = run_trial(trial, args.runs, episodes=args.episodes, machine_speed=machine_speed)
             ev = record["eval"]
             print(f"  greedy mean {ev['survival_mean']:.1f}, cap rate {ev['cap_rate']:.1%}, "
                   f"{record['env_steps']:,} steps, {record['updates']:,} updates", flush=True)

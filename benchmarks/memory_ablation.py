@@ -26,6 +26,9 @@ from townlet.train.config import parse_overrides
 from townlet.train.experiment import Trial, run_trial, summarize, write_results
 from townlet.world.config import deep_merge
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from world_throughput import machine_speed  # sibling benchmark script
+
 VARIANTS = {
     "lstm": {},
     "no-memory": {"network": {"kind": "feedforward"}},
@@ -61,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             trial = Trial(name, args.level, seed, args.minutes, deep_merge(extra, VARIANTS[name]))
             print(f"{name} seed {seed}: training {args.level} for {args.minutes:g} min ...", flush=True)
-            record = run_trial(trial, args.runs, episodes=args.episodes)
+            record = run_trial(trial, args.runs, episodes=args.episodes, machine_speed=machine_speed)
             print(f"  greedy mean {record['eval']['survival_mean']:.1f}, {record['env_steps']:,} steps, "
                   f"{record['updates']:,} updates", flush=True)
             records.append(record)

@@ -61,6 +61,11 @@ def yardstick_rate(n_agents: int, seconds: float, repeats: int) -> float | None:
     return timed_rate(lambda k: plain_world.step(state, actions[k % 8], 1), n_agents, seconds, repeats)
 
 
+def machine_speed(n_agents: int) -> float | None:
+    """A quick yardstick reading (about 2 s) that timed experiments record beside their results."""
+    return yardstick_rate(n_agents, 0.5, 3)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--levels", nargs="+", default=list(LEVEL_NAMES))

@@ -75,6 +75,9 @@ def test_learning_benchmark_then_memory_ablation_reusing_its_lstm_run(tmp_path: 
     minutes, survival = training_curve(Path(run["run_dir"]))
     assert len(minutes) == len(survival) and (survival > 0).all()
     assert f"L2_partial_fixed seed 0 {run['finished']}" in md
+    if (BENCHMARKS.parents[1] / "shared" / "bench" / "plain_world.py").exists():  # the machine's speed is noted
+        assert run["yardstick_steps_per_s"] > 1000
+        assert f"L2_partial_fixed seed 0 {run['yardstick_steps_per_s']:,.0f}" in md
     # training another level keeps this one's run: the table stays whole
     assert learning.main(["L1_full", "--seeds", "1", "--minutes", "0.02", "--episodes", "10", "--out", str(out),
                           "--runs", str(runs), *FAST]) == 0

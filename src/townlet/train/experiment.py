@@ -11,6 +11,7 @@ import math
 import os
 import platform
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -69,10 +70,18 @@ def ci95(values: list[float]) -> tuple[float, float]:
     return mean, float(t * arr.std(ddof=1) / math.sqrt(len(arr)))
 
 
-def run_trial(trial: Trial, runs_dir: Path, episodes: int = 1000, eval_seed: int = 12345) -> dict[str, Any]:
-    """Train `trial` from scratch (an old run directory of the same name is replaced) and evaluate it."""
+def run_trial(
+    trial: Trial, runs_dir: Path, episodes: int = 1000, eval_seed: int = 12345,
+    machine_speed: Callable[[int], float | None] | None = None,
+) -> dict[str, Any]:
+    """Train `trial` from scratch (an old run directory of the same name is replaced) and evaluate it.
+
+    `machine_speed(agents)`, measured just before training, is recorded as `yardstick_steps_per_s`: a
+    wall-clock budget buys as much compute as the machine gives at that moment, so results say how fast it was.
+    """
     overrides = {**trial.overrides, "seed": trial.seed, "minutes": trial.minutes, "steps": None}
     config = load_run_config(trial.level, overrides, source_note="experiment overrides")
+    speed = machine_speed(config.agents) if machine_speed is not None else None
     run_dir = Path(runs_dir) / trial.run_name
     if run_dir.exists():
         import shutil
@@ -90,6 +99,7 @@ def run_trial(trial: Trial, runs_dir: Path, episodes: int = 1000, eval_seed: int
         "env_steps": trainer.env_steps,
         "updates": trainer.learner.updates,
         "finished": time.strftime("%Y-%m-%d %H:%M"),
+        "yardstick_steps_per_s": speed,
         "eval": {k: v for k, v in result.items() if k not in ("checkpoint", "level")},
     }
 
@@ -264,6 +274,11 @@ def write_results(
     finished = [f"{r['name']} seed {r['seed']} {r['finished']}" for r in records if "finished" in r]
     if finished:
         md += ["Runs finished: " + ", ".join(finished) + ".", ""]
+    speeds = [f"{r['name']} seed {r['seed']} {r['yardstick_steps_per_s']:,.0f}" for r in records
+              if r.get("yardstick_steps_per_s")]
+    if speeds:
+        md += ["Machine speed just before each run (the plain batched-world yardstick in ../shared/bench, "
+               "agent-steps/s at the run's number of agents): " + ", ".join(speeds) + ".", ""]
     md += [f"![{p.stem}]({p.name})" for p in written]
     atomic_write_text(out_dir / f"{stem}.md", "\n".join(md) + "\n")
     return [out_dir / f"{stem}.json", out_dir / f"{stem}.md", *written]
