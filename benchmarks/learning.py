@@ -71,11 +71,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"wrote {path}")
         return 0
     levels = list(BUDGETS) if args.level == "all" else [args.level]
+    overrides = parse_overrides(args.overrides)
     records, goals = kept_records(args.out / f"{args.stem}.json", levels), {lv: g for lv, (_, g) in BUDGETS.items()}
     for level in levels:
         minutes, _ = BUDGETS[level]
         for seed in range(args.seeds):
-            trial = Trial(level, level, seed, args.minutes or minutes, parse_overrides(args.overrides))
+            trial = Trial(level, level, seed, args.minutes or minutes, overrides)
             print(f"{level} seed {seed}: training {trial.minutes:g} min ...", flush=True)
             record = run_trial(trial, args.runs, episodes=args.episodes, machine_speed=machine_speed)
             ev = record["eval"]

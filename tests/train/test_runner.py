@@ -210,6 +210,25 @@ def test_bad_overrides_name_the_key_and_what_is_allowed():
     assert parse_overrides(["learner.lr=1e-3", "agents=32"]) == {"learner": {"lr": 1e-3}, "agents": 32}
 
 
+def test_run_files_extend_a_level_default_or_another_file(tmp_path):
+    base = tmp_path / "base.yaml"
+    base.write_text("extends: L2_partial\nagents: 32\nlearner: {lr: 0.001}\n")
+    (tmp_path / "mine").mkdir()
+    mine = tmp_path / "mine" / "run.yaml"
+    mine.write_text("extends: ../base.yaml\nlearner: {gamma: 0.9}\n")
+    config, default = load_run_config(mine), load_run_config("L2_partial")
+    assert config.level == "L2_partial" and config.agents == 32
+    assert (config.learner.lr, config.learner.gamma) == (0.001, 0.9)
+    assert config.learner.lr_decay_steps == default.learner.lr_decay_steps == 22_000_000  # L2_partial's own
+    assert config.replay == default.replay == load_run_config("L2_partial_fixed").replay  # from L2_partial_fixed
+    base.write_text("extends: mine/run.yaml\n")
+    with pytest.raises(ConfigError, match="extends: cycle"):
+        load_run_config(mine)
+    mine.write_text("extends: nowhere.yaml\n")
+    with pytest.raises(ConfigError, match=r"nowhere\.yaml: no such run config file"):
+        load_run_config(mine)
+
+
 def test_cli_train_resume_and_eval(tmp_path):
     runner = CliRunner()
     run_dir = tmp_path / "run"

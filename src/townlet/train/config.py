@@ -18,7 +18,7 @@ from townlet.world.config import (
     ConfigError,
     deep_merge,
     format_validation_error,
-    read_yaml,
+    read_extended_yaml,
 )
 
 
@@ -194,22 +194,31 @@ def _number_or_value(value: Any) -> Any:
     return value
 
 
+def _resolve_run_config_path(name_or_path: str, relative_to: Path | None = None) -> Path:
+    """A packaged level's default run config by level name, or a run YAML file (relative to `relative_to`)."""
+    if name_or_path in LEVEL_NAMES:
+        return run_config_path(name_or_path)
+    path = Path(name_or_path)
+    if relative_to is not None and not path.is_absolute():
+        path = relative_to / path
+    if not path.exists():
+        raise ConfigError(
+            f"{name_or_path}: no such run config file, and not a packaged level; levels: {', '.join(LEVEL_NAMES)}"
+        )
+    return path
+
+
 def load_run_config(
     level_or_path: str | Path, overrides: dict[str, Any] | None = None, source_note: str = ""
 ) -> RunConfig:
-    """The default run config of a packaged level, or a run YAML file, with overrides applied on top."""
+    """The default run config of a packaged level, or a run YAML file, with overrides applied on top. Either
+    may start with `extends: NAME_OR_PATH` (another level's default run config, or a run file) and override
+    only what it changes."""
     text = str(level_or_path)
+    path = _resolve_run_config_path(text)
+    data = read_extended_yaml(path, _resolve_run_config_path) if path.exists() else {}
     if text in LEVEL_NAMES:
-        path = run_config_path(text)
-        data = read_yaml(path) if path.exists() else {}
         data.setdefault("level", text)
-    else:
-        path = Path(text)
-        if not path.exists():
-            raise ConfigError(
-                f"{text}: no such run config file, and not a packaged level; levels: {', '.join(LEVEL_NAMES)}"
-            )
-        data = read_yaml(path)
     if overrides:
         data = deep_merge(data, overrides)
     return load_run_config_data(data, f"{path}{' with ' + source_note if source_note else ''}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
@@ -287,8 +288,11 @@ def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]
     return merged
 
 
-def _read_level_data(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
-    """A level's mapping with its `extends:` chain (a packaged name or a path relative to the file) applied."""
+def read_extended_yaml(
+    path: Path, resolve: Callable[[str, Path], Path], seen: tuple[Path, ...] = ()
+) -> dict[str, Any]:
+    """A YAML mapping with its `extends:` chain applied; `resolve(parent, folder)` finds the parent's file
+    (a packaged name, or a path relative to the extending file's folder)."""
     if path.resolve() in seen:
         raise ConfigError(f"{path}: extends: cycle through {[str(p) for p in seen]}")
     data = read_yaml(path)
@@ -296,15 +300,15 @@ def _read_level_data(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     if parent is None:
         return data
     if not isinstance(parent, str):
-        raise ConfigError(f"{path}: extends: must be a packaged level name or a file path, got {parent!r}")
-    base = _read_level_data(_resolve_level_path(parent, path.parent), (*seen, path.resolve()))
+        raise ConfigError(f"{path}: extends: must be a packaged name or a file path, got {parent!r}")
+    base = read_extended_yaml(resolve(parent, path.parent), resolve, (*seen, path.resolve()))
     return deep_merge(base, data)
 
 
 def load_level(name_or_path: str | Path) -> LevelConfig:
     """A packaged level by name (`L1_full`) or any level YAML file by path (which may `extends:` another)."""
     path = _resolve_level_path(name_or_path)
-    return level_from_dict(_read_level_data(path), str(path))
+    return level_from_dict(read_extended_yaml(path, _resolve_level_path), str(path))
 
 
 def hour_is_open(hours: tuple[int, int] | None, hour: int) -> bool:
