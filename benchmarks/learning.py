@@ -44,17 +44,21 @@ def baseline_note(rows: list[dict]) -> str:
     )
 
 
-def kept_records(path: Path, levels: list[str]) -> list[dict]:
-    """The runs of the other levels in an earlier results file, so training one level updates only its rows."""
+def kept_records(path: Path, levels: list[str], rerun: list[int]) -> list[dict]:
+    """The runs of an earlier results file that this call does not repeat: the other levels' runs, so training
+    one level updates only its rows, and with `rerun` the seeds of these levels that are not retrained."""
     if not path.exists():
         return []
-    return [r for r in json.loads(path.read_text())["runs"] if r["level"] not in levels and r["level"] in BUDGETS]
+    return [r for r in json.loads(path.read_text())["runs"]
+            if r["level"] in BUDGETS and (r["level"] not in levels or (rerun and r["seed"] not in rerun))]
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("level", choices=[*BUDGETS, "all"])
     parser.add_argument("--seeds", type=int, default=3, help="seeds 0 .. N-1 per level")
+    parser.add_argument("--rerun", type=int, action="append", default=[], metavar="SEED",
+                        help="of the --seeds, retrain only this one (repeatable); the others keep their recorded runs")
     parser.add_argument("--episodes", type=int, default=1000)
     parser.add_argument("--minutes", type=float, default=None, help="override every budget (smoke runs)")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
@@ -72,10 +76,13 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     levels = list(BUDGETS) if args.level == "all" else [args.level]
     overrides = parse_overrides(args.overrides)
-    records, goals = kept_records(args.out / f"{args.stem}.json", levels), {lv: g for lv, (_, g) in BUDGETS.items()}
+    if any(not 0 <= seed < args.seeds for seed in args.rerun):
+        parser.error(f"--rerun: seeds must be among the --seeds 0 .. {args.seeds - 1}, got {args.rerun}")
+    path = args.out / f"{args.stem}.json"
+    records, goals = kept_records(path, levels, args.rerun), {lv: g for lv, (_, g) in BUDGETS.items()}
     for level in levels:
         minutes, _ = BUDGETS[level]
-        for seed in range(args.seeds):
+        for seed in sorted(set(args.rerun)) or range(args.seeds):
             trial = Trial(level, level, seed, args.minutes or minutes, overrides)
             print(f"{level} seed {seed}: training {trial.minutes:g} min ...", flush=True)
             record = run_trial(trial, args.runs, episodes=args.episodes, machine_speed=machine_speed)

@@ -57,6 +57,19 @@ def test_summary_pools_seeds_and_checks_goals() -> None:
     assert "cap rate >= 95%: met" in table and "mean survival >= 250: met" in table
 
 
+def test_rerunning_seeds_keeps_the_other_seeds_and_levels(tmp_path: Path) -> None:
+    learning = load_script("learning")
+    runs = [record("L1_full", seed, 400.0 + seed) for seed in range(3)]
+    runs.append({**record("L2_partial", 0, 200.0), "level": "L2_partial"})
+    path = tmp_path / "learning.json"
+    path.write_text(json.dumps({"runs": runs}))
+    kept = learning.kept_records(path, ["L1_full"], [0, 2])
+    assert [(r["level"], r["seed"]) for r in kept] == [("L1_full", 1), ("L2_partial", 0)]
+    assert [r["level"] for r in learning.kept_records(path, ["L1_full"], [])] == ["L2_partial"]
+    with pytest.raises(SystemExit):  # a seed outside --seeds is refused before anything trains
+        learning.main(["L1_full", "--seeds", "2", "--rerun", "2", "--out", str(tmp_path)])
+
+
 def test_learning_benchmark_then_memory_ablation_reusing_its_lstm_run(tmp_path: Path) -> None:
     out, runs = tmp_path / "results", tmp_path / "runs"
     learning = load_script("learning")
