@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 
 from townlet.train import Trainer, load_run_config
@@ -43,22 +44,34 @@ def test_agents_advance_a_stage_and_the_world_follows(tmp_path):
     assert learner[-1]["stage_mean"] == stage.float().mean().item()
 
 
-def test_curiosity_rewards_are_stored_apart_and_logged(tmp_path):
-    config = load_run_config("L0_minimal", {**FAST, "steps": 2400, "curiosity": {"enabled": True, "weight": 0.5}})
+@pytest.mark.parametrize("kind", ["rnd", "counts"])
+def test_curiosity_rewards_are_stored_apart_and_logged(tmp_path, kind):
+    config = load_run_config("L0_minimal", {**FAST, "steps": 2400, "learner": {**FAST["learner"], "n_step": 1},
+                                            "curiosity": {"enabled": True, "kind": kind, "weight": 0.5}})
     trainer = Trainer(config, tmp_path / "run")
     trainer.run()
     batch = trainer.replay.sample(64, torch.Generator().manual_seed(0))
     assert batch.intrinsic is not None and (batch.intrinsic > 0).all()
     assert not torch.equal(batch.intrinsic, batch.rewards)
+    if kind == "counts":
+        assert trainer.rnd is None and trainer.counts.counts.sum() == trainer.env_steps  # every agent-step
+        # a 1-step DQN batch holds single bonuses 1 / sqrt(N): N is a whole count, at most all steps so far
+        n = batch.intrinsic.double().pow(-2)
+        assert torch.allclose(n, n.round(), atol=1e-3) and (batch.intrinsic <= 1).all()
+        assert n.max() <= trainer.env_steps and n.max() > 100  # the common pairs are well known by now
+    else:
+        assert trainer.counts is None
     _, learner = read_metrics(tmp_path / "run")
     assert all(row["intrinsic_weight"] == 0.5 for row in learner)  # no consistent survival yet: no annealing
     assert all(row["intrinsic_reward"] > 0 for row in learner)
 
 
-def test_resume_is_exact_with_curiosity_and_curriculum(tmp_path):
+@pytest.mark.parametrize("kind", ["rnd", "counts"])
+def test_resume_is_exact_with_curiosity_and_curriculum(tmp_path, kind):
     def config(steps: int):
         return load_run_config("L0_minimal", {**FAST, "level": short_level(tmp_path), "steps": steps,
-                                              "curriculum": CURRICULUM, "curiosity": {"enabled": True}})
+                                              "curriculum": CURRICULUM,
+                                              "curiosity": {"enabled": True, "kind": kind}})
 
     full = Trainer(config(3200), tmp_path / "full")
     full.run()

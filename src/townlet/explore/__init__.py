@@ -1,7 +1,8 @@
-"""Exploration: the ε schedule, Random Network Distillation curiosity and its annealed weight."""
+"""Exploration: the ε schedule, curiosity (Random Network Distillation or visit counts) and its annealed weight."""
 
 from townlet.explore.annealing import IntrinsicAnnealing
+from townlet.explore.counts import VisitCounts
 from townlet.explore.rnd import RND, RunningMeanStd
 from townlet.explore.schedule import EpsilonSchedule, agent_epsilons
 
-__all__ = ["RND", "EpsilonSchedule", "IntrinsicAnnealing", "RunningMeanStd", "agent_epsilons"]
+__all__ = ["RND", "EpsilonSchedule", "IntrinsicAnnealing", "RunningMeanStd", "VisitCounts", "agent_epsilons"]

@@ -94,19 +94,25 @@ class ExploringStartsConfig(_Strict):
 
 
 class CuriosityConfig(_Strict):
-    """Random Network Distillation: intrinsic reward for novel next observations, annealed away once the
-    agents survive consistently (variance of survival below a threshold AND mean above a share of the cap)."""
+    """An intrinsic reward, annealed away once the agents survive consistently (variance of survival below a
+    threshold AND mean above a share of the cap). `rnd`: Random Network Distillation, the novelty of the next
+    observation. `counts`: 1 / sqrt(N) for an action taken N times in the same situation (cell, affordance, which meters
+    are low)."""
 
     enabled: bool = False
-    weight: float = Field(default=0.02, ge=0.0, description="initial weight; normalised RND rewards are ~1")
+    kind: Literal["rnd", "counts"] = "rnd"
+    low_meter: float = Field(default=0.3, gt=0.0, le=1.0,
+                             description="counts only: a meter below this is 'low' in the counted situation")
+    weight: float = Field(default=0.02, ge=0.0, description="initial weight; normalised RND rewards are ~1, "
+                                                             "count bonuses 1 / sqrt(N) <= 1")
     decay: float = Field(default=0.99, gt=0.0, le=1.0)
     floor: float = Field(default=0.0, ge=0.0)
     window: int = Field(default=100, ge=2)
     variance_threshold: float = Field(default=2500.0, gt=0.0, description="on episode lengths, ticks^2")
     min_survival_fraction: float = Field(default=0.5, ge=0.0, le=1.0)
-    lr: float = Field(default=1e-4, gt=0.0)
-    hidden: int = Field(default=256, ge=1)
-    embed: int = Field(default=64, ge=1)
+    lr: float = Field(default=1e-4, gt=0.0, description="RND only")
+    hidden: int = Field(default=256, ge=1, description="RND only")
+    embed: int = Field(default=64, ge=1, description="RND only")
 
 
 class CurriculumConfig(_Strict):

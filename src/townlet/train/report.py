@@ -300,8 +300,8 @@ def _feature_rows(config: Any) -> list[str]:
         rows.append(f"| curriculum | {curriculum.kind} |")
     curiosity = getattr(config, "curiosity", None)
     if curiosity is not None:
-        state = f"on, initial weight {curiosity.weight:g}" if curiosity.enabled else "off"
-        rows.append(f"| curiosity (RND) | {state} |")
+        state = f"{curiosity.kind}, initial weight {curiosity.weight:g}" if curiosity.enabled else "off"
+        rows.append(f"| curiosity | {state} |")
     return rows
 
 

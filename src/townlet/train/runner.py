@@ -20,6 +20,7 @@ import yaml
 from townlet.agents import QNetwork, RecurrentQNetwork
 from townlet.curriculum import AdversarialCurriculum, Curriculum, StaticCurriculum
 from townlet.explore.annealing import IntrinsicAnnealing
+from townlet.explore.counts import VisitCounts
 from townlet.explore.rnd import RND
 from townlet.explore.schedule import EpsilonSchedule, agent_epsilons
 from townlet.learn import DQNConfig, DQNLearner, R2D2Config, RecurrentActor, RecurrentLearner, masked_epsilon_greedy
@@ -173,7 +174,11 @@ class Trainer:
         self.rnd = (
             RND(self.world.obs_dim, hidden=cu.hidden, embed=cu.embed, lr=cu.lr, device=self.device,
                 seed=config.seed + 3)
-            if cu.enabled else None
+            if cu.enabled and cu.kind == "rnd" else None
+        )
+        self.counts = (
+            VisitCounts(self.world.grid_size, self.world.num_affordances, cu.low_meter, self.device)
+            if cu.enabled and cu.kind == "counts" else None
         )
         self.annealing = (
             IntrinsicAnnealing(cu.weight, cu.decay, cu.window, cu.variance_threshold, cu.min_survival_fraction,
@@ -233,6 +238,7 @@ class Trainer:
             "curriculum": self.curriculum.state_dict(),
             "entropy_sum": self.entropy_sum,
             "rnd": self.rnd.state_dict() if self.rnd is not None else None,
+            "counts": self.counts.state_dict() if self.counts is not None else None,
             "annealing": self.annealing.state_dict() if self.annealing is not None else None,
             "intrinsic": [self.intrinsic_sum, self.intrinsic_steps],
             "unannealed": list(self.unannealed),
@@ -253,8 +259,11 @@ class Trainer:
             self.actor.h, self.actor.c = state["actor"]["h"].to(self.device), state["actor"]["c"].to(self.device)
         self.curriculum.load_state_dict(state["curriculum"])
         self.entropy_sum = state["entropy_sum"].to(self.device)
-        if self.rnd is not None and self.annealing is not None:
+        if self.rnd is not None:
             self.rnd.load_state_dict(state["rnd"])
+        if self.counts is not None:
+            self.counts.load_state_dict(state["counts"])
+        if self.annealing is not None:
             self.annealing.load_state_dict(state["annealing"])
         self.intrinsic_sum, self.intrinsic_steps = state["intrinsic"][0].to(self.device), int(state["intrinsic"][1])
         self.unannealed = list(state["unannealed"])
@@ -311,14 +320,15 @@ class Trainer:
                 q = self.network(obs)
             actions = masked_epsilon_greedy(q, mask, eps, self.act_gen)
         stage = self.curriculum.stage.clone()
+        intrinsic = self.counts.bonus(world, actions) if self.counts is not None else None  # before the step
         next_obs, reward, terminated, truncated, info = world.step(actions)
         done = info["done"]
         next_mask = world.action_mask()
         ended = done.view(-1, 1)
         after = torch.where(ended, info["final_obs"], next_obs)  # the true next observation of each transition
-        intrinsic = None
         if self.rnd is not None:
             intrinsic = self.rnd.reward(after)  # novelty of where the action led, not of where it started
+        if intrinsic is not None:
             self.intrinsic_sum += intrinsic.sum()
             self.intrinsic_steps += world.num_agents
         if isinstance(self.replay, SequenceReplay):
@@ -349,8 +359,9 @@ class Trainer:
         while self.update_credit >= 1.0:
             self.update_credit -= 1.0
             batch = self.replay.sample(lc.batch_size, self.sample_gen)
-            if self.rnd is not None and self.annealing is not None:
+            if self.annealing is not None:
                 batch = with_intrinsic(batch, self.annealing.weight)  # combined now, stored apart
+            if self.rnd is not None:
                 if isinstance(self.replay, SequenceReplay):
                     self.rnd.update(batch.obs[:, 1:].reshape(-1, batch.obs.shape[-1]))
                 else:
