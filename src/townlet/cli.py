@@ -204,6 +204,15 @@ def eval_(
             f"{r['causes'].get('energy', 0)}/{r['causes'].get('health', 0)}", f"{r['invalid_rate']:.2%}",
         )
     console.print(table)
+    # the columns: what the agent or a needs policy uses at least once in 20 episodes (random uses everything)
+    used = [a for a in result["uses_per_episode"]
+            if any(r["uses_per_episode"][a] >= 0.05 for name, r in rows if name != "random")]
+    uses = Table(title="Uses per episode")
+    for col in ("policy", *used):
+        uses.add_column(col, justify="left" if col == "policy" else "right")
+    for name, r in rows:
+        uses.add_row(name, *(f"{r['uses_per_episode'][a]:.1f}" for a in used))
+    console.print(uses)
 
 
 @app.command()

@@ -247,6 +247,9 @@ def test_cli_train_resume_and_eval(tmp_path):
     for key in ("episodes", "survival_mean", "survival_median", "survival_p10", "cap_rate", "causes"):
         assert key in summary
     assert summary["episodes"] == 20 and set(summary["scripted"]) == {"random", "needs"}
+    assert summary["scripted"]["needs"]["uses_per_episode"]["Job"] > 0
+    result = runner.invoke(app, ["eval", str(run_dir), "--episodes", "20", "--agents", "10"])
+    assert result.exit_code == 0 and "Uses per episode" in result.output and "Job" in result.output
     result = runner.invoke(app, ["train", "L0_minimal", "--set", "replay.capacty=5"])
     assert result.exit_code == 2 and "replay.capacty: unknown field" in result.output
     result = runner.invoke(app, ["eval", str(tmp_path / "nowhere")])

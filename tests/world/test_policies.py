@@ -44,6 +44,30 @@ def test_run_episodes_counts_invalid_actions_and_each_agents_first_episodes():
     assert stats.lengths.numel() == 5 and seen
 
 
+def test_run_episodes_counts_the_uses_of_each_affordance_in_the_counted_episodes():
+    """Counted independently here: valid INTERACTs on each affordance during each agent's first episode."""
+    world = World("L1_full", 6, seed=0)
+    policy = NeedsPolicy(world)
+    counted = torch.zeros(world.num_affordances + 1)
+    first = torch.ones(6, dtype=torch.bool)
+
+    def act(obs, w):
+        actions = policy.act(w)
+        used = first & (actions == 4) & w.action_mask()[:, 4]
+        counted.index_add_(0, w.affordance_here() + 1, used.float())
+        return actions
+
+    def on_step(info):
+        first.copy_(first & ~info["done"])
+
+    stats = run_episodes(world, act, 6, on_step=on_step)  # one episode per agent
+    uses = stats.summary()["uses_per_episode"]
+    names = [a.name for a in world.config.affordances]
+    assert list(uses) == names
+    assert uses == pytest.approx({n: c / 6 for n, c in zip(names, counted[1:].tolist(), strict=True)})
+    assert uses["Bed"] >= 1 and uses["Job"] >= 1  # the needs policy sleeps and works
+
+
 def test_make_policy_rejects_unknown_names():
     world = World("L0_minimal", 2)
     assert make_policy("needs", world).name == "needs"

@@ -23,6 +23,7 @@ class EpisodeStats:
     cause_names: tuple[str, ...]
     invalid_rate: float
     max_steps: int
+    uses_per_episode: dict[str, float]  # completed uses of each affordance, per counted episode
 
     def summary(self) -> dict[str, object]:
         n = self.lengths.numel()
@@ -40,6 +41,7 @@ class EpisodeStats:
             "return_mean": self.returns.mean().item(),
             "causes": {name: int(counts[i]) for i, name in enumerate(self.cause_names) if name != "running"},
             "invalid_rate": self.invalid_rate,
+            "uses_per_episode": dict(self.uses_per_episode),
         }
 
 
@@ -63,9 +65,11 @@ def run_episodes(
     causes = torch.zeros(n, quota + 1, dtype=torch.long, device=dev)
     finished = torch.zeros(n, dtype=torch.long, device=dev)
     invalid = torch.zeros((), dtype=torch.long, device=dev)
+    uses = torch.zeros(world.num_affordances + 1, device=dev)  # slot 0: no affordance
     steps = 0
     obs = world.reset()
     while True:
+        here = world.affordance_here() + 1
         obs, _, _, _, info = world.step(act(obs, world))
         if on_step is not None:
             on_step(info)
@@ -75,6 +79,7 @@ def run_episodes(
                              (causes, info["cause"])):
             store.scatter_(1, slot, torch.where(done, value, store.gather(1, slot).squeeze(1)).view(-1, 1))
         invalid += (info["invalid"] & (finished < quota)).sum()
+        uses.index_add_(0, here, (info["completed"] & (finished < quota)).float())
         finished += done.long()
         steps += 1
         if steps % check_every == 0 and bool((finished >= quota).all()):
@@ -91,4 +96,6 @@ def run_episodes(
         cause_names=world.CAUSES,
         invalid_rate=invalid.item() / max(agent_steps, 1.0),
         max_steps=world.config.max_steps,
+        uses_per_episode={a.name: u / (n * quota) for a, u in zip(world.config.affordances, uses[1:].tolist(),
+                                                                   strict=True)},
     )
