@@ -1,5 +1,5 @@
-"""Count bonuses: 1 / sqrt(N) per (cell, affordance, action), counted over agents and steps, the same key for an
-affordance wherever a random layout puts it, and a checkpoint that restores the counts exactly."""
+"""Count bonuses: 1 / sqrt(N) per (cell, affordance, low meters, action), counted over agents and steps, the same
+key for an affordance wherever a random layout puts it, and a checkpoint that restores the counts exactly."""
 
 from __future__ import annotations
 

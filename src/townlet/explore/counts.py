@@ -29,8 +29,8 @@ class VisitCounts:
     def __init__(self, grid_size: int, num_affordances: int, low_meter: float = 0.3,
                  device: str | torch.device = "cpu") -> None:
         self.grid_size, self.num_affordances, self.low_meter = grid_size, num_affordances, low_meter
-        self.places = grid_size * grid_size * (num_affordances + 1)  # +1: no affordance on the cell
-        keys = self.places * NUM_ACTIONS << len(METER_NAMES)
+        places = grid_size * grid_size * (num_affordances + 1)  # +1: no affordance on the cell
+        keys = places * NUM_ACTIONS << len(METER_NAMES)
         if keys > MAX_KEYS:
             raise ValueError(f"VisitCounts: a {grid_size}x{grid_size} grid with {num_affordances} affordances needs "
                              f"{keys:,} counts, more than {MAX_KEYS:,}")

@@ -19,6 +19,7 @@ from townlet.world.config import (
     deep_merge,
     format_validation_error,
     read_extended_yaml,
+    resolve_yaml_path,
 )
 
 
@@ -202,16 +203,7 @@ def _number_or_value(value: Any) -> Any:
 
 def _resolve_run_config_path(name_or_path: str, relative_to: Path | None = None) -> Path:
     """A packaged level's default run config by level name, or a run YAML file (relative to `relative_to`)."""
-    if name_or_path in LEVEL_NAMES:
-        return run_config_path(name_or_path)
-    path = Path(name_or_path)
-    if relative_to is not None and not path.is_absolute():
-        path = relative_to / path
-    if not path.exists():
-        raise ConfigError(
-            f"{name_or_path}: no such run config file, and not a packaged level; levels: {', '.join(LEVEL_NAMES)}"
-        )
-    return path
+    return resolve_yaml_path(name_or_path, relative_to, run_config_path, "run config")
 
 
 def load_run_config(

@@ -263,18 +263,26 @@ def level_path(name: str) -> Path:
     return Path(str(resources.files("townlet.world") / "levels" / f"{name}.yaml"))
 
 
-def _resolve_level_path(name_or_path: str | Path, relative_to: Path | None = None) -> Path:
+def resolve_yaml_path(
+    name_or_path: str | Path, relative_to: Path | None, packaged: Callable[[str], Path], what: str
+) -> Path:
+    """`packaged(name)` for a packaged level's name, else a file path (relative to `relative_to`, if given)
+    that must exist; `what` names the kind of file in the error."""
     text = str(name_or_path)
     if text in LEVEL_NAMES:
-        return level_path(text)
+        return packaged(text)
     path = Path(text)
     if relative_to is not None and not path.is_absolute():
         path = relative_to / path
     if not path.exists():
         raise ConfigError(
-            f"{text}: no such level file, and not a packaged level; packaged levels: {', '.join(LEVEL_NAMES)}"
+            f"{text}: no such {what} file, and not a packaged level; packaged levels: {', '.join(LEVEL_NAMES)}"
         )
     return path
+
+
+def _resolve_level_path(name_or_path: str | Path, relative_to: Path | None = None) -> Path:
+    return resolve_yaml_path(name_or_path, relative_to, level_path, "level")
 
 
 def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
