@@ -59,7 +59,8 @@ EXPLORING = {
 
 @pytest.mark.parametrize(
     ("level", "extra"),
-    [("L0_minimal", {}), ("L2_partial_fixed", RECURRENT), ("L0_minimal", LR_DECAY), ("L2_partial_fixed", EXPLORING)],
+    [("L0_minimal", {}), ("L2_partial_fixed", RECURRENT), ("L0_minimal", LR_DECAY), ("L2_partial_fixed", EXPLORING),
+     ("L2_partial", {**RECURRENT, "guides": {"fraction": 0.25, "policy": "needs-memory"}})],
 )
 def test_stopped_and_resumed_run_equals_uninterrupted_run(tmp_path, level, extra):
     full = Trainer(small_config(level, 4800, **extra), tmp_path / "full")

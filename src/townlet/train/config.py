@@ -94,6 +94,16 @@ class ExploringStartsConfig(_Strict):
     probability: float = Field(default=0.0, ge=0.0, le=1.0)
 
 
+class GuidesConfig(_Strict):
+    """Guided agents: this share of the training agents acts by a scripted needs policy instead of the network,
+    so replay holds from the start what a policy that works before its money runs out does, for the learner to
+    value off-policy. Their episodes stay out of the training metrics; evaluation is the network alone.
+    `needs-memory` knows only the affordances its window has shown this episode; `needs` reads the layout."""
+
+    fraction: float = Field(default=0.0, ge=0.0, lt=1.0)
+    policy: Literal["needs", "needs-memory", "needs-view"] = "needs-memory"
+
+
 class CuriosityConfig(_Strict):
     """An intrinsic reward, annealed away once the agents survive consistently (variance of survival below a
     threshold AND mean above a share of the cap). `rnd`: Random Network Distillation, the novelty of the next
@@ -153,6 +163,7 @@ class RunConfig(_Strict):
     replay: ReplayConfig = ReplayConfig()
     exploration: ExplorationConfig = ExplorationConfig()
     exploring_starts: ExploringStartsConfig = ExploringStartsConfig()
+    guides: GuidesConfig = GuidesConfig()
     curiosity: CuriosityConfig = CuriosityConfig()
     curriculum: CurriculumConfig = CurriculumConfig()
     logging: LoggingConfig = LoggingConfig()

@@ -21,6 +21,7 @@ from townlet.agents import QNetwork, RecurrentQNetwork
 from townlet.curriculum import AdversarialCurriculum, Curriculum, StaticCurriculum
 from townlet.explore.annealing import IntrinsicAnnealing
 from townlet.explore.counts import VisitCounts
+from townlet.explore.guides import Guides
 from townlet.explore.rnd import RND
 from townlet.explore.schedule import EpsilonSchedule, agent_epsilons
 from townlet.learn import DQNConfig, DQNLearner, R2D2Config, RecurrentActor, RecurrentLearner, masked_epsilon_greedy
@@ -126,6 +127,8 @@ class Trainer:
         )
         if config.exploring_starts.probability > 0:
             self.world.set_random_starts(config.exploring_starts.probability)
+        gc = config.guides
+        self.guides = Guides(self.world, gc.fraction, gc.policy, config.seed + 4) if gc.fraction > 0 else None
         self.recurrent = config.network.kind != "mlp"  # lstm and feedforward both learn on sequences
         self.network = build_network(config, self.world).to(self.device)
         lc, rc = config.learner, config.replay
@@ -239,6 +242,7 @@ class Trainer:
             "entropy_sum": self.entropy_sum,
             "rnd": self.rnd.state_dict() if self.rnd is not None else None,
             "counts": self.counts.state_dict() if self.counts is not None else None,
+            "guides": self.guides.state_dict() if self.guides is not None else None,
             "annealing": self.annealing.state_dict() if self.annealing is not None else None,
             "intrinsic": [self.intrinsic_sum, self.intrinsic_steps],
             "unannealed": list(self.unannealed),
@@ -263,6 +267,8 @@ class Trainer:
             self.rnd.load_state_dict(state["rnd"])
         if self.counts is not None:
             self.counts.load_state_dict(state["counts"])
+        if self.guides is not None:
+            self.guides.load_state_dict(state["guides"])
         if self.annealing is not None:
             self.annealing.load_state_dict(state["annealing"])
         self.intrinsic_sum, self.intrinsic_steps = state["intrinsic"][0].to(self.device), int(state["intrinsic"][1])
@@ -319,6 +325,8 @@ class Trainer:
             with torch.no_grad():
                 q = self.network(obs)
             actions = masked_epsilon_greedy(q, mask, eps, self.act_gen)
+        if self.guides is not None:
+            actions = self.guides.act(world, actions)
         stage = self.curriculum.stage.clone()
         intrinsic = self.counts.bonus(world, actions) if self.counts is not None else None  # before the step
         next_obs, reward, terminated, truncated, info = world.step(actions)
@@ -373,6 +381,8 @@ class Trainer:
 
     def _flush_episodes(self) -> None:
         rows = self.episode_log.flush(self.world, self.world.episode)
+        if self.guides is not None:
+            rows = [r for r in rows if not self.guides.is_guided(r[1])]  # the metrics are the network's
         if rows:
             self.db.add_episodes(rows)
             self.episodes_done += len(rows)

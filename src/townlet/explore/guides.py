@@ -1,0 +1,49 @@
+"""Guided agents: a few of the training agents act by a scripted policy instead of the network.
+
+Why: on the recurrent levels the greedy loop (sleep and eat until broke) never passes the Job, so the value
+of working while broke is never trained where it matters, and ε-greedy, curiosity and exploring starts did
+not fix that within minutes (docs/tuning.md). A scripted needs policy works before its money runs out; its
+transitions in replay let the learner value that off-policy, as in learning from demonstrations (Hester et
+al. 2018, here without the supervised loss). The network still advances its memory on the guided agents'
+observations, so their stored LSTM states are the network's own. Guided episodes are kept out of the
+training metrics, and evaluation is always the network alone.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from townlet.world import World
+from townlet.world.policies import NeedsPolicy, make_policy
+
+
+class Guides:
+    """The last `round(fraction * N)` agents of `world` follow the scripted `policy` (a needs policy)."""
+
+    def __init__(self, world: World, fraction: float, policy: str = "needs-memory", seed: int = 0) -> None:
+        if not 0.0 < fraction < 1.0:
+            raise ValueError(f"guides.fraction: {fraction} must be in (0, 1)")
+        scripted = make_policy(policy, world, seed)
+        if not isinstance(scripted, NeedsPolicy):
+            raise ValueError(f"guides.policy: {policy!r} is not a needs policy (needs, needs-memory, needs-view)")
+        self.policy = scripted
+        n = world.num_agents
+        self.count = max(1, round(fraction * n))
+        self.guided = torch.arange(n, device=world.device) >= n - self.count  # [N] bool
+
+    def act(self, world: World, actions: Tensor) -> Tensor:
+        """The network's `actions` [N], with the guided agents' replaced by the scripted policy's."""
+        return torch.where(self.guided, self.policy.act(world), actions)
+
+    def is_guided(self, agent: int) -> bool:
+        return agent >= self.guided.numel() - self.count
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"seen": self.policy._seen, "generator": self.policy._generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.policy._seen = state["seen"].to(self.guided.device)
+        self.policy._generator.set_state(state["generator"])
