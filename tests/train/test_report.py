@@ -10,9 +10,10 @@ from typer.testing import CliRunner
 
 from tests.train import runs
 from townlet.cli import app
+from townlet.train import load_run_config
 from townlet.train import report as report_mod
 from townlet.train.metrics import read_metrics
-from townlet.train.report import ReportError, build_report, plot_learner, plot_stage, rolling
+from townlet.train.report import ReportError, _feature_rows, build_report, plot_learner, plot_stage, rolling
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 SMALL = {"episodes": 12, "scripted_episodes": 4, "agents": 12}
@@ -59,7 +60,13 @@ def test_report_writes_pngs_and_summary(run_dir: Path, built) -> None:
         assert f"scripted {name}" in summary
         assert f"{stats['survival_mean']:.1f}" in summary
     assert "L0_minimal" in summary and "16 × 4,000 steps" in summary
+    assert "| guides | off" in summary and "| curiosity | off |" in summary
     assert _no_temp_files(report_dir)
+
+
+def test_summary_names_the_guides_of_a_guided_run() -> None:
+    rows = _feature_rows(load_run_config("L2_partial", {"guides": {"fraction": 0.25}}))
+    assert "| guides | 25% of the agents follow needs-memory (not in the training metrics) |" in rows
 
 
 def test_report_cli(run_dir: Path, tmp_path: Path) -> None:

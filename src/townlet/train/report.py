@@ -302,6 +302,10 @@ def _feature_rows(config: Any) -> list[str]:
     if curiosity is not None:
         state = f"{curiosity.kind}, initial weight {curiosity.weight:g}" if curiosity.enabled else "off"
         rows.append(f"| curiosity | {state} |")
+    guides = getattr(config, "guides", None)
+    if guides is not None:
+        state = f"{guides.fraction:.0%} of the agents follow {guides.policy}" if guides.fraction > 0 else "off"
+        rows.append(f"| guides | {state} (not in the training metrics) |")
     return rows
 
 
