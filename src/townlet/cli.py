@@ -123,7 +123,9 @@ def train(
             trainer = Trainer(config, run_dir)
     except (ConfigError, CheckpointError) as e:
         raise _fail(str(e)) from None
-    console.print(f"training {config.level} with {config.agents} agents -> {run_dir}")
+    guided = (f" ({trainer.guides.count} of them follow the scripted {config.guides.policy} policy)"
+              if trainer.guides is not None else "")
+    console.print(f"training {config.level} with {config.agents} agents{guided} -> {run_dir}")
     _run_with_display(trainer, quiet)
     console.print(f"checkpoint written; resume with: townlet train --resume {run_dir}")
     console.print(f"evaluate with: townlet eval {run_dir}    report: townlet report {run_dir}")

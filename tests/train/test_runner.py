@@ -234,10 +234,11 @@ def test_cli_train_resume_and_eval(tmp_path):
     runner = CliRunner()
     run_dir = tmp_path / "run"
     sets = ["--set", "learner.learning_starts=300", "--set", "logging.tensorboard=false",
-            "--set", "logging.interval_steps=500", "--set", "replay.capacity=5000"]
+            "--set", "logging.interval_steps=500", "--set", "replay.capacity=5000", "--set", "guides.fraction=0.5"]
     result = runner.invoke(app, ["train", "L0_minimal", "--steps", "1000", "--agents", "4", "--out", str(run_dir),
                                  "--quiet", *sets])
     assert result.exit_code == 0, result.output
+    assert "with 4 agents (2 of them follow the scripted needs-memory policy)" in result.output
     assert "resume with: townlet train --resume" in result.output
     result = runner.invoke(app, ["train", "--resume", str(run_dir), "--steps", "1500", "--quiet"])
     assert result.exit_code == 0, result.output
