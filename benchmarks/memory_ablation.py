@@ -13,6 +13,8 @@ The LSTM agent should beat both by >= 30% in mean greedy survival; the table giv
 
 `--lstm-from` takes the `lstm` runs from a `benchmarks/learning.py` results file instead of training them
 again: those are the same default config, level, seeds and budget (checked), so this saves one run per seed.
+`--rerun SEED` trains only that seed (repeatable) and keeps the other seeds' runs of every variant from the
+level's earlier results file, so a seed can be added without retraining the others.
 """
 
 from __future__ import annotations
@@ -36,6 +38,15 @@ VARIANTS = {
 }
 
 
+def kept_records(path: Path, level: str, minutes: float, rerun: list[int]) -> dict[tuple[str, int], dict]:
+    """The runs of an earlier results file for this level and budget whose seeds are not retrained, by
+    (variant, seed)."""
+    if not path.exists():
+        return {}
+    return {(r["name"], r["seed"]): r for r in json.loads(path.read_text())["runs"]
+            if r["level"] == level and r["minutes"] == minutes and r["seed"] not in rerun}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--level", default="L2_partial")
@@ -46,10 +57,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
     parser.add_argument("--runs", type=Path, default=Path("runs") / "bench-ablation", help="run directories")
     parser.add_argument("--lstm-from", type=Path, default=None, help="reuse lstm runs from a learning.json")
+    parser.add_argument("--rerun", type=int, action="append", default=[], metavar="SEED",
+                        help="of the --seeds, train only this one (repeatable); keep the others' recorded runs")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a run-config field in every variant, as `townlet train --set`")
     args = parser.parse_args(argv)
+    if any(not 0 <= seed < args.seeds for seed in args.rerun):
+        parser.error(f"--rerun: seeds must be among the --seeds 0 .. {args.seeds - 1}, got {args.rerun}")
     extra = parse_overrides(args.overrides)
+    stem = f"memory-ablation-{args.level}"
+    kept = kept_records(args.out / f"{stem}.json", args.level, args.minutes, args.rerun) if args.rerun else {}
     reused = {}
     if args.lstm_from is not None:
         for run in json.loads(args.lstm_from.read_text())["runs"]:
@@ -58,6 +75,12 @@ def main(argv: list[str] | None = None) -> int:
     records = []
     for seed in range(args.seeds):
         for name in args.variants:
+            if args.rerun and seed not in args.rerun:
+                if (name, seed) not in kept:
+                    parser.error(f"--rerun: no recorded {name} run of seed {seed} in {args.out / (stem + '.json')}")
+                print(f"{name} seed {seed}: keeping {kept[name, seed]['run_dir']}", flush=True)
+                records.append(kept[name, seed])
+                continue
             if name == "lstm" and seed in reused:
                 print(f"lstm seed {seed}: reusing {reused[seed]['run_dir']} from {args.lstm_from}", flush=True)
                 records.append(reused[seed])
@@ -79,7 +102,6 @@ def main(argv: list[str] | None = None) -> int:
         for row in rows:
             row["lstm_ratio"] = means["lstm"] / row["survival_mean"]
     command = "python benchmarks/memory_ablation.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    stem = f"memory-ablation-{args.level}"
     for path in write_results(args.out, stem, "Memory ablation", records, rows, command, means, notes):
         print(f"wrote {path}")
     return 0

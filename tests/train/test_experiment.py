@@ -113,6 +113,31 @@ def test_learning_benchmark_then_memory_ablation_reusing_its_lstm_run(tmp_path: 
     for r in data["rows"]:
         assert r["lstm_ratio"] == pytest.approx(data["rows"][0]["survival_mean"] / r["survival_mean"])
     assert "LSTM against the ablations" in (out / "memory-ablation-L2_partial_fixed.md").read_text()
+    # adding a seed keeps seed 0's recorded run and trains only the new one
+    code = ablation.main(["--level", "L2_partial_fixed", "--minutes", "0.03", "--episodes", "10", "--out", str(out),
+                          "--runs", str(runs), "--variants", "no-memory", "--seeds", "2", "--rerun", "1", *FAST])
+    assert code == 0
+    again = json.loads((out / "memory-ablation-L2_partial_fixed.json").read_text())
+    assert [(r["name"], r["seed"]) for r in again["runs"]] == [("no-memory", 0), ("no-memory", 1)]
+    assert again["runs"][0] == data["runs"][1] and again["runs"][1]["run_dir"] != data["runs"][1]["run_dir"]
+    assert again["rows"][0]["seeds"] == [0, 1]
+
+
+def test_ablation_rerun_keeps_only_this_budget_and_refuses_what_it_cannot_keep(tmp_path: Path) -> None:
+    ablation = load_script("memory_ablation")
+    runs = [{**record(name, seed, 100.0 + seed), "level": "L2_partial", "minutes": 15.0}
+            for name in ("lstm", "no-memory", "zero-state") for seed in (0, 1)]
+    runs.append({**record("lstm", 2, 1.0), "level": "L2_partial", "minutes": 10.0})  # another budget
+    path = tmp_path / "memory-ablation-L2_partial.json"
+    path.write_text(json.dumps({"runs": runs}))
+    kept = ablation.kept_records(path, "L2_partial", 15.0, [1])
+    assert sorted(kept) == [("lstm", 0), ("no-memory", 0), ("zero-state", 0)]
+    assert kept["lstm", 0]["eval"]["survival_mean"] == 100.0
+    with pytest.raises(SystemExit):  # a seed outside --seeds
+        ablation.main(["--seeds", "2", "--rerun", "2", "--out", str(tmp_path)])
+    path.write_text(json.dumps({"runs": runs[:1]}))  # seed 0 has only its lstm run: refused before training
+    with pytest.raises(SystemExit):
+        ablation.main(["--seeds", "2", "--rerun", "1", "--out", str(tmp_path)])
 
 
 def test_several_levels_get_an_overview_plot_and_replot_rewrites_from_json(tmp_path: Path) -> None:
@@ -135,3 +160,10 @@ def test_several_levels_get_an_overview_plot_and_replot_rewrites_from_json(tmp_p
     md = (out / "learning.md").read_text()
     assert (out / "learning.png").read_bytes()[:4] == b"\x89PNG"
     assert "`cmd` on here, then." in md and "L2_partial 100.0 (agent 2.00× it)" in md
+    # on a fresh clone the run directories (not committed) are missing: the plots keep the greedy stars
+    data = json.loads((out / "learning.json").read_text())
+    for run in data["runs"]:
+        run["run_dir"] = str(tmp_path / "gone")
+    (out / "learning.json").write_text(json.dumps(data))
+    assert load_script("learning").main(["all", "--replot", "--out", str(out)]) == 0
+    assert (out / "learning-L1_full.png").read_bytes()[:4] == b"\x89PNG"

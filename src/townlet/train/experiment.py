@@ -201,7 +201,9 @@ def _draw_curves(ax: Any, records: list[dict[str, Any]], title: str, cap: int) -
     colors: dict[str, str] = {}
     for r in records:
         color = colors.setdefault(r["name"], f"C{len(colors)}")
-        x, y = training_curve(Path(r["run_dir"]))
+        run_dir = Path(r["run_dir"])
+        # runs/ is not committed: a replot elsewhere, or after a run directory was reused, shows the star only
+        x, y = training_curve(run_dir) if (run_dir / "metrics.sqlite").exists() else ([], [])
         if len(x):
             ax.plot(x, y, color=color, lw=1.6, label=f"{r['name']} (seed {r['seed']})")
         ax.plot([r["minutes"]], [r["eval"]["survival_mean"]], marker="*", ms=13, color=color, ls="none")
