@@ -44,13 +44,13 @@ def test_state_dict_restores_the_memory_policy_exactly() -> None:
         world.step(guides.act(world, torch.zeros(6, dtype=torch.long)))
     state = {k: v.clone() for k, v in guides.state_dict().items()}
     world_state = world.state_dict()
-    ahead = [guides.act(world, torch.zeros(6, dtype=torch.long)) for _ in range(1)]
-    world.step(ahead[0])
+    ahead = guides.act(world, torch.zeros(6, dtype=torch.long))
+    world.step(ahead)
     world.load_state_dict(world_state)
     again = Guides(world, 0.5, "needs-memory", seed=99)
     again.load_state_dict(state)
     assert torch.equal(again.policy._seen, state["seen"])
-    assert torch.equal(again.act(world, torch.zeros(6, dtype=torch.long)), ahead[0])
+    assert torch.equal(again.act(world, torch.zeros(6, dtype=torch.long)), ahead)
 
 
 def test_guided_agents_live_by_the_script_and_their_episodes_stay_out_of_the_metrics(tmp_path) -> None:

@@ -32,18 +32,18 @@ class Guides:
         self.policy = scripted
         n = world.num_agents
         self.count = max(1, round(fraction * n))
-        self.guided = torch.arange(n, device=world.device) >= n - self.count  # [N] bool
+        self.first = n - self.count  # agents first .. N-1 are guided
+        self.guided = torch.arange(n, device=world.device) >= self.first  # [N] bool
 
     def act(self, world: World, actions: Tensor) -> Tensor:
         """The network's `actions` [N], with the guided agents' replaced by the scripted policy's."""
         return torch.where(self.guided, self.policy.act(world), actions)
 
     def is_guided(self, agent: int) -> bool:
-        return agent >= self.guided.numel() - self.count
+        return agent >= self.first
 
     def state_dict(self) -> dict[str, Any]:
-        return {"seen": self.policy._seen, "generator": self.policy._generator.get_state()}
+        return self.policy.state_dict()
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.policy._seen = state["seen"].to(self.guided.device)
-        self.policy._generator.set_state(state["generator"])
+        self.policy.load_state_dict(state)

@@ -68,6 +68,14 @@ class NeedsPolicy:
         self._seen = torch.zeros(world.num_agents, world.num_affordances, dtype=torch.bool, device=world.device)
         self._generator = torch.Generator(device=world.device).manual_seed(seed)
 
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """What it remembers this episode and its random stream: enough to continue exactly."""
+        return {"seen": self._seen, "generator": self._generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self._seen = state["seen"].to(self._seen.device)
+        self._generator.set_state(state["generator"])
+
     def _id(self, name: str, n: int, device: torch.device) -> torch.Tensor:
         return torch.full((n,), self._ids[name], dtype=torch.long, device=device)
 
