@@ -6,7 +6,9 @@
 - `zero-state`: the LSTM learner with a zero start state for every training sequence and no burn-in (the
   seed-era method: `replay.stored_state=false`, `replay.burn_in=0`).
 
-The LSTM agent should beat both by >= 30% in mean greedy survival; the table gives each ratio.
+The LSTM agent should beat both by >= 30% in mean greedy survival; the table gives each ratio. The notes
+also give each recurrent agent's survival with its memory wiped before every step (the same trained net acting
+on the current observation alone), which says how much the trained agent itself relies on what it remembers.
 
     python benchmarks/memory_ablation.py [--level L2_partial] [--minutes 15] [--seeds 1] [--episodes 1000]
         [--lstm-from benchmarks/results/learning.json]
@@ -25,6 +27,7 @@ import sys
 from pathlib import Path
 
 from townlet.train.config import parse_overrides
+from townlet.train.evaluate import greedy_stats, load_agent
 from townlet.train.experiment import Trial, run_trial, summarize, write_results
 from townlet.world.config import deep_merge
 
@@ -45,6 +48,33 @@ def kept_records(path: Path, level: str, minutes: float, rerun: list[int]) -> di
         return {}
     return {(r["name"], r["seed"]): r for r in json.loads(path.read_text())["runs"]
             if r["level"] == level and r["minutes"] == minutes and r["seed"] not in rerun}
+
+
+def fill_memory_wiped(record: dict, agents: int = 250) -> None:
+    """Add `eval.memory_wiped` to a recurrent run's record that predates it, if its run directory is still there."""
+    result = record["eval"]
+    if "memory_wiped" in result or not (Path(record["run_dir"]) / "checkpoints").is_dir():
+        return
+    config, level, network = load_agent(Path(record["run_dir"]))
+    if config.network.kind == "lstm":
+        episodes = result["episodes"]
+        result["memory_wiped"] = greedy_stats(network, config, level, episodes, min(agents, episodes), result["seed"],
+                                              wipe_memory=True)
+
+
+def memory_wiped_note(records: list[dict]) -> str:
+    """One sentence: each recurrent variant's greedy mean with and without its memory wiped, by seed."""
+    parts = []
+    for name in dict.fromkeys(r["name"] for r in records):
+        pairs = [(r["seed"], r["eval"]["survival_mean"], r["eval"]["memory_wiped"]["survival_mean"])
+                 for r in records if r["name"] == name and "memory_wiped" in r["eval"]]
+        if pairs:
+            seeds = ", ".join(f"seed {seed} {wiped:.1f} (against {kept:.1f})" for seed, kept, wiped in pairs)
+            parts.append(f"{name} {seeds}")
+    if not parts:
+        return ""
+    return ("The same trained agents with their memory wiped before every step (acting on the current "
+            "observation alone): " + "; ".join(parts) + ".")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -91,6 +121,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  greedy mean {record['eval']['survival_mean']:.1f}, {record['env_steps']:,} steps, "
                   f"{record['updates']:,} updates", flush=True)
             records.append(record)
+    for record in records:
+        fill_memory_wiped(record)
     rows = summarize(records)
     means = {r["name"]: r["survival_mean"] for r in rows}
     notes = ""
@@ -101,6 +133,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         for row in rows:
             row["lstm_ratio"] = means["lstm"] / row["survival_mean"]
+    wiped = memory_wiped_note(records)
+    notes = f"{notes}\n\n{wiped}" if notes and wiped else notes or wiped
     command = "python benchmarks/memory_ablation.py " + " ".join(argv if argv is not None else sys.argv[1:])
     for path in write_results(args.out, stem, "Memory ablation", records, rows, command, means, notes):
         print(f"wrote {path}")

@@ -184,7 +184,10 @@ def eval_(
     device: str = "cpu",
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
-    """Masked greedy evaluation at full difficulty, with the scripted policies beside it."""
+    """Masked greedy evaluation at full difficulty, with the scripted policies beside it.
+
+    An LSTM agent is also played with its memory wiped before every step: the gap is what memory is worth.
+    """
     from townlet.train.evaluate import evaluate
 
     try:
@@ -197,7 +200,10 @@ def eval_(
     table = Table(title=f"{result['level']}: {episodes} episodes, greedy at full difficulty")
     for col in ("policy", "mean", "median", "p10", "95% CI", "cap rate", "died E/H", "invalid"):
         table.add_column(col, justify="left" if col == "policy" else "right")
-    rows = [("agent", result)] + [(name, r) for name, r in result["scripted"].items()]
+    rows = [("agent", result)]
+    if "memory_wiped" in result:  # an LSTM agent: the same net acting on the current observation alone
+        rows.append(("agent, memory wiped", result["memory_wiped"]))
+    rows += [(name, r) for name, r in result["scripted"].items()]
     for name, r in rows:
         lo, hi = r["survival_ci95"]
         table.add_row(

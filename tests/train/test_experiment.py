@@ -112,7 +112,21 @@ def test_learning_benchmark_then_memory_ablation_reusing_its_lstm_run(tmp_path: 
     assert all("compile_world: false" in c for c in configs.values())  # --set reaches every variant
     for r in data["rows"]:
         assert r["lstm_ratio"] == pytest.approx(data["rows"][0]["survival_mean"] / r["survival_mean"])
-    assert "LSTM against the ablations" in (out / "memory-ablation-L2_partial_fixed.md").read_text()
+    md = (out / "memory-ablation-L2_partial_fixed.md").read_text()
+    assert "LSTM against the ablations" in md
+    # the recurrent variants are also evaluated with their memory wiped before every step
+    wiped = {r["name"]: r["eval"].get("memory_wiped") for r in data["runs"]}
+    assert wiped["no-memory"] is None
+    assert all(wiped[r["name"]]["episodes"] == r["eval"]["episodes"] for r in data["runs"] if r["name"] != "no-memory")
+    assert f"lstm seed 0 {wiped['lstm']['survival_mean']:.1f} (against {lstm_run['eval']['survival_mean']:.1f})" in md
+    # a record from before memory_wiped existed gets it from its run directory; one without a run directory cannot
+    old = json.loads(json.dumps(lstm_run))
+    del old["eval"]["memory_wiped"]
+    ablation.fill_memory_wiped(old)
+    assert old["eval"]["memory_wiped"] == wiped["lstm"]  # the same episodes, greedy: the same figures
+    gone = record("lstm", 0, 1.0)
+    ablation.fill_memory_wiped(gone)
+    assert "memory_wiped" not in gone["eval"] and ablation.memory_wiped_note([gone]) == ""
     # adding a seed keeps seed 0's recorded run and trains only the new one
     code = ablation.main(["--level", "L2_partial_fixed", "--minutes", "0.03", "--episodes", "10", "--out", str(out),
                           "--runs", str(runs), "--variants", "no-memory", "--seeds", "2", "--rerun", "1", *FAST])

@@ -265,3 +265,34 @@ def test_recurrent_agent_evaluates_with_memory_reset_per_episode(tmp_path):
     result = evaluate(tmp_path, episodes=8, agents=4, scripted=False)
     assert result["episodes"] == 8 and result["level"] == "L2_partial_fixed"
     assert 1 <= result["survival_mean"] <= 500 and "scripted" not in result
+    # an LSTM agent is also played with its memory wiped every step, on the same episodes
+    wiped = result["memory_wiped"]
+    assert wiped["episodes"] == 8 and 1 <= wiped["survival_mean"] <= 500
+
+
+class _StateSpy(torch.nn.Module):
+    """A recurrent net that records the largest |h| it is handed at each step."""
+
+    def __init__(self, net: torch.nn.Module) -> None:
+        super().__init__()
+        self.net, self.seen = net, []
+
+    def initial_state(self, n, device):
+        return self.net.initial_state(n, device)
+
+    def forward(self, obs, state):
+        self.seen.append(state[0].abs().max().item())
+        return self.net(obs, state)
+
+
+def test_wiped_memory_hands_the_net_a_zero_state_every_step(tmp_path):
+    from townlet.train.evaluate import greedy_stats, load_agent
+
+    Trainer(small_config("L2_partial_fixed", 600, **RECURRENT), tmp_path).run()
+    config, level, network = load_agent(tmp_path)
+    spies = {}
+    for wipe in (False, True):
+        spies[wipe] = _StateSpy(network)
+        greedy_stats(spies[wipe], config, level, episodes=4, agents=4, seed=3, wipe_memory=wipe)
+    assert spies[False].seen[0] == 0.0 and max(spies[False].seen) > 0.0  # memory carried between steps
+    assert len(spies[True].seen) > 10 and max(spies[True].seen) == 0.0  # wiped before every step

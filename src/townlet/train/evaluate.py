@@ -29,17 +29,25 @@ def load_agent(
 
 def greedy_stats(
     network: torch.nn.Module, config: RunConfig, level: LevelConfig, episodes: int, agents: int, seed: int,
-    device: str = "cpu",
+    device: str = "cpu", wipe_memory: bool = False,
 ) -> dict[str, Any]:
-    """Masked greedy play for `episodes` episodes at full difficulty (depletion 1, the level's reward)."""
+    """Masked greedy play for `episodes` episodes at full difficulty (depletion 1, the level's reward).
+
+    `wipe_memory` zeroes a recurrent agent's LSTM state before every step instead of at episode starts, so
+    it acts on the current observation alone: the gap to normal play is what its memory is worth to it.
+    """
     world = World(level, agents, device=device, seed=seed)
     if config.network.kind != "mlp":  # lstm and feedforward act through the sequence network
         actor = RecurrentActor(network, agents, device)
+        everyone = torch.ones(agents, dtype=torch.bool, device=device)
 
         def act(obs: torch.Tensor, w: World) -> torch.Tensor:
             return actor.act(obs, w.action_mask(), 0.0).actions
 
-        stats = run_episodes(world, act, episodes, on_step=lambda info: actor.reset(info["done"]))
+        def forget(info: dict[str, torch.Tensor]) -> None:
+            actor.reset(everyone if wipe_memory else info["done"])
+
+        stats = run_episodes(world, act, episodes, on_step=forget)
     else:
 
         @torch.no_grad()
@@ -64,10 +72,14 @@ def evaluate(
     device: str = "cpu", scripted: bool = True,
 ) -> dict[str, Any]:
     """The eval JSON: the agent's summary (episodes, survival_mean/median/p10, ci95, cap_rate, causes,
-    invalid_rate) at the top level, the scripted policies under `scripted`."""
+    invalid_rate) at the top level, for an LSTM agent the same with its memory wiped every step under
+    `memory_wiped`, and the scripted policies under `scripted`."""
     config, level_config, network = load_agent(path, level, device)
     result: dict[str, Any] = {"level": level_config.name, "checkpoint": str(path), "seed": seed}
-    result.update(greedy_stats(network, config, level_config, episodes, min(agents, episodes), seed, device))
+    agents = min(agents, episodes)
+    result.update(greedy_stats(network, config, level_config, episodes, agents, seed, device))
+    if config.network.kind == "lstm":
+        result["memory_wiped"] = greedy_stats(network, config, level_config, episodes, agents, seed, device, True)
     if scripted:
-        result["scripted"] = scripted_stats(level_config, episodes, min(agents, episodes), seed, device)
+        result["scripted"] = scripted_stats(level_config, episodes, agents, seed, device)
     return result
