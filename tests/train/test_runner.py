@@ -268,6 +268,8 @@ def test_recurrent_agent_evaluates_with_memory_reset_per_episode(tmp_path):
     # an LSTM agent is also played with its memory wiped every step, on the same episodes
     wiped = result["memory_wiped"]
     assert wiped["episodes"] == 8 and 1 <= wiped["survival_mean"] <= 500
+    shown = CliRunner().invoke(app, ["eval", str(tmp_path), "--episodes", "8", "--agents", "4"])
+    assert shown.exit_code == 0 and "wiped" in shown.output and "needs-memory" in shown.output
 
 
 class _StateSpy(torch.nn.Module):
