@@ -27,7 +27,7 @@ import sys
 from pathlib import Path
 
 from townlet.train.config import parse_overrides
-from townlet.train.evaluate import greedy_stats, load_agent
+from townlet.train.evaluate import load_agent, memory_wiped_stats
 from townlet.train.experiment import Trial, run_trial, summarize, write_results
 from townlet.world.config import deep_merge
 
@@ -56,10 +56,10 @@ def fill_memory_wiped(record: dict, agents: int = 250) -> None:
     if "memory_wiped" in result or not (Path(record["run_dir"]) / "checkpoints").is_dir():
         return
     config, level, network = load_agent(Path(record["run_dir"]))
-    if config.network.kind == "lstm":
-        episodes = result["episodes"]
-        result["memory_wiped"] = greedy_stats(network, config, level, episodes, min(agents, episodes), result["seed"],
-                                              wipe_memory=True)
+    episodes = result["episodes"]
+    wiped = memory_wiped_stats(network, config, level, episodes, min(agents, episodes), result["seed"])
+    if wiped is not None:
+        result["memory_wiped"] = wiped
 
 
 def memory_wiped_note(records: list[dict]) -> str:
@@ -133,8 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         for row in rows:
             row["lstm_ratio"] = means["lstm"] / row["survival_mean"]
-    wiped = memory_wiped_note(records)
-    notes = f"{notes}\n\n{wiped}" if notes and wiped else notes or wiped
+    notes = "\n\n".join(part for part in (notes, memory_wiped_note(records)) if part)
     command = "python benchmarks/memory_ablation.py " + " ".join(argv if argv is not None else sys.argv[1:])
     for path in write_results(args.out, stem, "Memory ablation", records, rows, command, means, notes):
         print(f"wrote {path}")

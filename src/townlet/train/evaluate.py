@@ -58,6 +58,16 @@ def greedy_stats(
     return stats.summary()
 
 
+def memory_wiped_stats(
+    network: torch.nn.Module, config: RunConfig, level: LevelConfig, episodes: int, agents: int, seed: int,
+    device: str = "cpu",
+) -> dict[str, Any] | None:
+    """`greedy_stats` with the memory wiped before every step for an LSTM agent; None for one without memory."""
+    if config.network.kind != "lstm":
+        return None
+    return greedy_stats(network, config, level, episodes, agents, seed, device, wipe_memory=True)
+
+
 def scripted_stats(level: LevelConfig, episodes: int, agents: int, seed: int, device: str = "cpu") -> dict[str, Any]:
     out = {}
     for name in scripted_policies(level):
@@ -78,8 +88,9 @@ def evaluate(
     result: dict[str, Any] = {"level": level_config.name, "checkpoint": str(path), "seed": seed}
     agents = min(agents, episodes)
     result.update(greedy_stats(network, config, level_config, episodes, agents, seed, device))
-    if config.network.kind == "lstm":
-        result["memory_wiped"] = greedy_stats(network, config, level_config, episodes, agents, seed, device, True)
+    wiped = memory_wiped_stats(network, config, level_config, episodes, agents, seed, device)
+    if wiped is not None:
+        result["memory_wiped"] = wiped
     if scripted:
         result["scripted"] = scripted_stats(level_config, episodes, agents, seed, device)
     return result
