@@ -53,6 +53,8 @@ class SequenceBatch:
     h0: Tensor
     c0: Tensor
     weights: Tensor
+    continuation: None = None
+    start: None = None
 
 
 def random_obs(layout: ObsLayout, shape: tuple[int, ...], g: torch.Generator) -> Tensor:

@@ -3,12 +3,15 @@ rollout state that training must never touch."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
+import pytest
 import torch
 
 from tests.learn.synthetic_envs import ChainEnv, CueEnv
 from townlet.agents import RecurrentQNetwork
 from townlet.explore import EpsilonSchedule
-from townlet.learn import R2D2Config, RecurrentActor, RecurrentLearner
+from townlet.learn import R2D2Config, RecurrentActor, RecurrentLearner, compute_sequence_targets
 from townlet.replay import SequenceReplay
 
 
@@ -39,15 +42,31 @@ def train(
     return actor
 
 
-def test_recurrent_learner_solves_the_chain() -> None:
+def train_chain(split_episodes: bool = False) -> RecurrentQNetwork:
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(0)
     n, hidden = 32, 32
     net = RecurrentQNetwork(ChainEnv.obs_dim, hidden_size=hidden, encoder_hidden=(32,), head_hidden=32)
     learner = RecurrentLearner(net, R2D2Config(burn_in=2, gamma=0.9, lr=1e-3, adam_eps=1e-8, target_update_every=50))
-    replay = SequenceReplay(n * 64, n, ChainEnv.obs_dim, burn_in=2, train_len=4, hidden_size=hidden)
+    replay = SequenceReplay(n * 64, n, ChainEnv.obs_dim, burn_in=2, train_len=4, hidden_size=hidden,
+                            split_episodes=split_episodes)  # fmt: skip
     train(ChainEnv(n), learner, replay, 800, EpsilonSchedule(1.0, 0.1, 400), g)
+    return net
 
+
+def greedy_chain_q(net: RecurrentQNetwork) -> list[float]:
+    """Mean Q of the optimal action at each of the three steps of a fresh greedy episode."""
+    env, actor = ChainEnv(64), RecurrentActor(net, 64)
+    qs = []
+    for t in range(3):
+        act = actor.act(env.obs(), env.mask(), 0.0)
+        qs.append(float(act.q[:, int(ChainEnv.optimal[t])].mean()))
+        env.step(act.actions)
+    return qs
+
+
+def test_recurrent_learner_solves_the_chain() -> None:
+    net = train_chain()
     # Greedy rollout from the start: RIGHT, RIGHT, INTERACT, in every agent.
     env = ChainEnv(64)
     actor = RecurrentActor(net, 64)
@@ -56,9 +75,8 @@ def test_recurrent_learner_solves_the_chain() -> None:
         assert torch.equal(act.actions, ChainEnv.optimal[env.pos]), f"step {t}"
         out = env.step(act.actions)
     assert bool(out.terminated.all()) and bool((out.rewards == 1.0).all())
-    # The last Q is the reward itself. (Earlier ones are not checked: with burn-in, an episode's first
-    # burn_in steps only ever warm up the state and are never in a loss, so their values come from
-    # generalisation.)
+    # The last Q is the reward itself. (Earlier ones are not checked: without continuations an episode's
+    # first steps are never in a loss, so their values come from generalisation; see the next test.)
     assert torch.allclose(act.q[:, 4], torch.ones(64), atol=0.1)
     # After random detours (histories it rarely chose itself), the greedy action still fits the state.
     env = ChainEnv(256, max_steps=30)
@@ -71,6 +89,16 @@ def test_recurrent_learner_solves_the_chain() -> None:
         out = env.step(act.actions)
         actor.reset(out.terminated | out.truncated)
     assert right / total > 0.98
+
+
+def test_continuations_train_the_first_steps_of_every_episode() -> None:
+    """Sequences start every 4 steps and train after 2 burn-in steps, so without continuations an episode's
+    first step is never in a loss and its value is a guess; with them every step is trained from the true
+    (zero) start state and the values are gamma**2, gamma, 1."""
+    split = greedy_chain_q(train_chain(split_episodes=True))
+    assert split == pytest.approx([0.81, 0.9, 1.0], abs=0.02)
+    masked = greedy_chain_q(train_chain(split_episodes=False))
+    assert abs(masked[0] - 0.81) > 0.1 and masked[2] == pytest.approx(1.0, abs=0.02)
 
 
 def cue_accuracy(net: RecurrentQNetwork, generator: torch.Generator, n: int = 1000) -> float:
@@ -170,3 +198,43 @@ def test_state_refresh_for_the_next_sequence() -> None:
     assert stats["h_refresh"].shape == (1, 64, hidden) and stats["refresh_ok"].shape == (64,)
     keep = stats["refresh_ok"]
     replay.update_states(batch.indices[keep] + n, stats["h_refresh"][:, keep], stats["c_refresh"][:, keep])
+
+
+def test_update_trains_and_prioritises_the_continuation_steps() -> None:
+    """The update's td_abs/valid cover the steps after each sequence's first episode end, with the TD
+    errors of a zero-state unroll from that episode's start."""
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(0)
+    n, hidden, burn_in, train_len = 4, 8, 2, 4
+    net = RecurrentQNetwork(3, hidden_size=hidden, encoder_hidden=(8,), head_hidden=8)
+    learner = RecurrentLearner(net, R2D2Config(burn_in=burn_in, lr=1e-2, n_step=2))
+    replay = SequenceReplay(n * 40, n, 3, burn_in=burn_in, train_len=train_len, hidden_size=hidden,
+                            prioritized=True, split_episodes=True)  # fmt: skip
+    env = ChainEnv(n, max_steps=3)
+    actor = RecurrentActor(net, n, generator=g)
+    for _ in range(30):
+        obs, mask = env.obs(), env.mask()
+        act = actor.act(obs, mask, 1.0)
+        out = env.step(act.actions)
+        replay.add(obs, mask, act.actions, out.rewards, out.terminated, out.truncated, out.final_obs,
+                   out.final_mask, act.h, act.c)  # fmt: skip
+        actor.reset(out.terminated | out.truncated)
+    batch = replay.sample(32, g)
+    cont = batch.continuation
+    own_y, own_q, own_valid = compute_sequence_targets(batch, learner.online, learner.target, burn_in, 0.99, n_step=2)
+    next_y, next_q, next_valid = compute_sequence_targets(cont, learner.online, learner.target, 0, 0.99, n_step=2)
+    before = [p.detach().clone() for p in net.parameters()]
+    stats = learner.update(batch)
+    assert any(not torch.equal(p, q) for p, q in zip(net.parameters(), before, strict=True))
+    assert bool((~own_valid & stats["valid"]).any())  # steps only the continuations train
+    for i in range(32):
+        start = int(cont.start[i])
+        for p in range(train_len):
+            t, j = burn_in + p, burn_in + p - start
+            from_next = j >= 0 and bool(next_valid[i, j])
+            assert bool(stats["valid"][i, p]) is (bool(own_valid[i, p]) or from_next)
+            want = (own_y[i, p] - own_q[i, p]) if own_valid[i, p] else (next_y[i, j] - next_q[i, j]) if from_next else 0.0
+            assert float(stats["td_abs"][i, p]) == pytest.approx(abs(float(want)), abs=1e-5), (i, t)
+    replay.update_priorities(batch.indices, stats["td_abs"], stats["valid"])
+    with pytest.raises(ValueError, match=r"continuation: expected a continuation batch with `start`"):
+        learner.update(replace(batch, continuation=replace(cont, start=None)))

@@ -17,10 +17,12 @@ from townlet.learn import (
     compute_sequence_targets,
     compute_targets,
     double_q_targets,
+    join_continuation,
     masked_argmax,
     sequence_loss,
     sequence_td,
 )
+from townlet.learn.r2d2 import SequenceTD
 
 GAMMA = 0.9
 
@@ -111,6 +113,8 @@ class SBatch:
     h0: Tensor
     c0: Tensor
     weights: Tensor
+    continuation: None = None
+    start: None = None
 
 
 def nets() -> tuple[RecurrentQNetwork, RecurrentQNetwork]:
@@ -329,3 +333,18 @@ def test_recurrent_update_stats_and_target_sync() -> None:
         torch.testing.assert_close(new, 0.5 * old + 0.5 * on.detach())
     with pytest.raises(ValueError, match="refresh offset"):
         learner.refresh_states(batch, 0)
+
+
+def test_join_continuation_fills_the_steps_after_the_first_episode_end() -> None:
+    """burn_in 3, 4 training steps (T = 7). Row 0 ends at step 3 and again 2 steps later; row 1 never ends;
+    row 2 ended in the burn-in (step 1), so all its training steps come from the continuation."""
+    own = torch.tensor([[10.0, 11, 12, 13], [20, 21, 22, 23], [30, 31, 32, 33]])
+    nxt = torch.arange(21.0).view(3, 7) + 100
+    td = SequenceTD(own, -own, torch.tensor([[True, False, False, False], [True] * 4, [False] * 4]), own)
+    next_valid = torch.tensor([[True, True, False, False, False, False, False], [False] * 7, [True] * 5 + [False] * 2])
+    joined = join_continuation(td, SequenceTD(nxt, -nxt, next_valid, nxt), torch.tensor([4, 7, 2]), burn_in=3)
+    assert joined.valid.tolist() == [[True, True, True, False], [True] * 4, [True] * 4]
+    want = torch.tensor([[10.0, 100, 101], [20, 21, 22], [115, 116, 117]])
+    assert torch.equal(joined.q_taken[:, :3], want) and torch.equal(joined.targets[:, :3], -want)
+    assert torch.equal(joined.q_taken[1], own[1]) and float(joined.q_taken[2, 3]) == 118.0
+    assert joined.q_online is own

@@ -104,6 +104,18 @@ def test_with_intrinsic_on_sequences_is_per_step(stream_factory) -> None:
     assert mixed.obs is batch.obs and mixed.valid is batch.valid
 
 
+def test_with_intrinsic_mixes_the_continuations_too(stream_factory) -> None:
+    stream = stream_factory(8, 2, 3, terminated={(2, 0), (4, 1)})
+    buf = seq_replay(16, 2, 3, split_episodes=True)
+    fill_sequences(buf, stream)
+    batch = buf.sample(16, torch.Generator().manual_seed(0))
+    cont, before = batch.continuation, batch.continuation.rewards.clone()
+    mixed = with_intrinsic(batch, -2.0)
+    assert torch.allclose(mixed.continuation.rewards, before - 2.0 * cont.intrinsic)
+    assert batch.continuation is cont and torch.equal(cont.rewards, before)  # the sampled batch is untouched
+    assert mixed.continuation.start is cont.start
+
+
 def test_with_intrinsic_needs_intrinsic_rewards() -> None:
     hand_built = TransitionBatch(*(torch.zeros(2) for _ in range(10)))  # as the learner tests build them
     assert hand_built.intrinsic is None

@@ -103,6 +103,89 @@ def test_sequences_equal_the_inserted_stream(stream_factory, device) -> None:
     assert torch.equal(batch.obs[j, 2].cpu(), stream.steps[3]["final_obs"][2])
 
 
+def check_continuation(buf: SequenceReplay, batch: SequenceBatch, i: int, stream) -> tuple[int, int]:
+    """Row i's continuation must be the stream from the step after the sequence's first episode end, up to
+    the sequence's end and that episode's own first end (whose final obs/mask are substituted)."""
+    cont = batch.continuation
+    k, env = divmod(int(batch.indices[i]), buf.num_envs)
+    first, steps = k * buf.stride, buf.burn_in + buf.train_len
+    raw = stream.steps[first : first + steps + 1]
+    ended = [bool(r["terminated"][env] or r["truncated"][env]) for r in raw[:steps]]
+    start = ended.index(True) + 1 if any(ended) else steps
+    assert int(cont.start[i]) == start and int(cont.indices[i]) == int(batch.indices[i])
+    assert float(cont.weights[i]) == float(batch.weights[i])
+    assert not cont.h0[:, i].any() and not cont.c0[:, i].any()
+    end = next((j for j in range(steps - start) if ended[start + j]), None)
+    for j in range(steps):
+        assert bool(cont.valid[i, j]) is (start + j < steps and (end is None or j <= end)), (k, env, j)
+    for j in range(steps - start):
+        if end is not None and j > end:
+            break
+        r = raw[start + j]
+        assert int(cont.actions[i, j]) == int(r["actions"][env])
+        assert float(cont.rewards[i, j]) == float(r["rewards"][env])
+        assert float(cont.intrinsic[i, j]) == float(r["intrinsic"][env])
+        assert bool(cont.terminated[i, j]) is bool(r["terminated"][env])
+        assert torch.equal(cont.obs[i, j].cpu(), r["obs"][env]) and torch.equal(cont.masks[i, j].cpu(), r["mask"][env])
+    if start < steps:
+        nxt = raw[start + end]["final_obs"][env] if end is not None else raw[steps]["obs"][env]
+        assert torch.equal(cont.obs[i, (end + 1) if end is not None else steps - start].cpu(), nxt)
+    return k, env
+
+
+def test_continuations_are_the_next_episodes(stream_factory, device) -> None:
+    # env 1: ends at 4 and 6 (a two-step episode inside sequences 1 and 2); env 2: at 3, 6 and 11; env 0 at 7
+    ends = {(4, 1), (6, 1), (6, 2), (7, 0), (11, 2)}
+    stream = stream_factory(20, 3, 4, terminated=ends, truncated={(3, 2)}, layers=2)
+    buf = make(60, 3, 4, lstm_layers=2, device=device, split_episodes=True)
+    fill(buf, stream)
+    batch = buf.sample(512, torch.Generator(device=device).manual_seed(0))
+    assert batch.continuation is not None and batch.continuation.continuation is None
+    assert batch.continuation.obs.shape == batch.obs.shape and batch.continuation.valid.shape == batch.valid.shape
+    rows = by_index(batch).values()
+    assert {check_sequence(buf, batch, i, stream) for i in rows} == {check_continuation(buf, batch, i, stream) for i in rows}
+    assert len(set(rows)) == len(buf)
+    # by hand: sequence k=1 (steps 2..6) of env 1 ends at its step 2; its continuation is steps 5, 6, ending at 6
+    i = by_index(batch)[1 * 3 + 1]
+    cont = batch.continuation
+    assert int(cont.start[i]) == 3 and cont.valid[i].tolist() == [True, True, False, False, False]
+    assert torch.equal(cont.obs[i, 0].cpu(), stream.steps[5]["obs"][1])
+    assert torch.equal(cont.obs[i, 2].cpu(), stream.steps[6]["final_obs"][1])
+    # a sequence without an episode end has an empty continuation that starts at T
+    j = by_index(batch)[0 * 3 + 0]
+    assert int(cont.start[j]) == 5 and not cont.valid[j].any()
+
+
+def test_continuations_train_every_step_once(stream_factory) -> None:
+    """With stride = train_len the training windows tile each agent's stream; with the continuations every
+    step in them is a valid training step of exactly one sequence, unless it follows a second episode end
+    inside one sequence (two ends within T steps)."""
+    ends = {(5, 0), (16, 0), (30, 0), (9, 1), (22, 1), (29, 1), (31, 1)}
+    stream = stream_factory(44, 2, 3, terminated=ends)
+    burn_in, train_len = 2, 4
+    for split in (False, True):
+        buf = make(200, 2, 3, burn_in=burn_in, train_len=train_len, stride=train_len, split_episodes=split)
+        fill(buf, stream)
+        batch = buf.sample(2000, torch.Generator().manual_seed(0))
+        trained: dict[tuple[int, int], int] = {}
+        for idx, i in by_index(batch).items():
+            k, env = divmod(idx, 2)
+            steps = [t for t in range(burn_in, burn_in + train_len) if batch.valid[i, t]]
+            if split:
+                cont, start = batch.continuation, int(batch.continuation.start[i])
+                steps += [start + j for j in range(train_len + burn_in) if cont.valid[i, j] and start + j >= burn_in]
+            for t in steps:
+                key = (k * train_len + t, env)
+                trained[key] = trained.get(key, 0) + 1
+        assert set(trained.values()) == {1}
+        windows = {(t, e) for e in range(2) for t in range(burn_in, len(buf) // 2 * train_len + burn_in)}
+        missed = windows - trained.keys()
+        if split:
+            assert missed == {(32, 1), (33, 1)}  # sequence 7 (steps 28..33) of env 1 ends at 29 and again at 31
+        else:
+            assert {(t, 0) for t in range(6, 10)} <= missed and len(missed) > 12
+
+
 def test_only_complete_sequences_are_sampleable(stream_factory) -> None:
     stream = stream_factory(12, 2, 3, terminated={(0, 0), (1, 1)})
     buf = make(40, 2, 3)

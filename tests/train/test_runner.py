@@ -60,7 +60,8 @@ EXPLORING = {
 @pytest.mark.parametrize(
     ("level", "extra"),
     [("L0_minimal", {}), ("L2_partial_fixed", RECURRENT), ("L0_minimal", LR_DECAY), ("L2_partial_fixed", EXPLORING),
-     ("L2_partial", {**RECURRENT, "guides": {"fraction": 0.25, "policy": "needs-memory"}})],
+     ("L2_partial", {**RECURRENT, "guides": {"fraction": 0.25, "policy": "needs-memory"},
+                     "replay": {**RECURRENT["replay"], "split_episodes": True}})],
 )
 def test_stopped_and_resumed_run_equals_uninterrupted_run(tmp_path, level, extra):
     full = Trainer(small_config(level, 4800, **extra), tmp_path / "full")
@@ -92,6 +93,9 @@ def test_run_config_reaches_the_world_and_the_exploration(tmp_path):
     assert trainer.world._step_fn is not trainer.world._advance  # compiled (lazily, on the first step)
     assert torch.all(trainer.world.random_starts == 0.3)
     assert torch.all(Trainer(small_config("L0_minimal"), tmp_path / "plain").world.random_starts == 0)
+    split = {**RECURRENT, "replay": {**RECURRENT["replay"], "split_episodes": True}}
+    assert Trainer(small_config("L2_partial_fixed", **split), tmp_path / "split").replay.split_episodes
+    assert not Trainer(small_config("L2_partial_fixed", **RECURRENT), tmp_path / "masked").replay.split_episodes
     trainer.world._step_fn = trainer.world._advance  # the rest of this test needs no compiled step
     explored = torch.zeros(200)
     for _ in range(60):

@@ -16,8 +16,10 @@ from townlet.learn.r2d2 import (
     RecurrentLearner,
     SequenceTD,
     compute_sequence_targets,
+    join_continuation,
     sequence_loss,
     sequence_td,
+    sequence_td_with_continuation,
 )
 from townlet.learn.target_sync import TargetSync, hard_update, polyak_update
 from townlet.learn.targets import double_q_targets, huber, masked_argmax
@@ -41,6 +43,7 @@ __all__ = [
     "double_q_targets",
     "hard_update",
     "huber",
+    "join_continuation",
     "masked_argmax",
     "masked_epsilon_greedy",
     "masked_greedy",
@@ -48,4 +51,5 @@ __all__ = [
     "polyak_update",
     "sequence_loss",
     "sequence_td",
+    "sequence_td_with_continuation",
 ]

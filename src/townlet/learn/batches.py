@@ -25,7 +25,9 @@ class TransitionBatchLike(Protocol):
 
 class SequenceBatchLike(Protocol):
     """B sequences of T = burn_in + train_len steps; obs[:, t + 1] follows step t. `valid` is True up to
-    and including the first episode end; (h0, c0) is the stored LSTM state before obs[:, 0]."""
+    and including the first episode end; (h0, c0) is the stored LSTM state before obs[:, 0].
+    `continuation` (or None): the next episode of each sequence, as a batch of the same shape whose step j is
+    step `continuation.start` + j of this one (see `townlet.replay.SequenceBatch`)."""
 
     obs: Tensor  # [B, T + 1, D]
     masks: Tensor  # [B, T + 1, A] bool
@@ -37,3 +39,5 @@ class SequenceBatchLike(Protocol):
     h0: Tensor  # [layers, B, H]
     c0: Tensor  # [layers, B, H]
     weights: Tensor  # [B]
+    continuation: SequenceBatchLike | None
+    start: Tensor | None  # [B] int64, on a continuation

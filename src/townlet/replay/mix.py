@@ -17,10 +17,14 @@ def with_intrinsic(batch: B, weight: float) -> B:
     Extrinsic and intrinsic rewards are stored apart, so the intrinsic weight in force at sampling time
     applies to every stored transition, however old. For a TransitionBatch both are n-step discounted sums
     over the same steps, so the mix is the n-step return of the mixed reward; for a SequenceBatch both are
-    per step. A weight of 0 returns the rewards unchanged (the same tensor, even if intrinsics are missing).
+    per step, and a sequence's continuation is mixed too. A weight of 0 returns the rewards unchanged (the same
+    tensor, even if intrinsics are missing).
     """
     if weight == 0.0:
         return dataclasses.replace(batch)
     if batch.intrinsic is None:
         raise ValueError(f"with_intrinsic: the {type(batch).__name__} has no intrinsic rewards (intrinsic=None)")
-    return dataclasses.replace(batch, rewards=batch.rewards + weight * batch.intrinsic)
+    mixed = dataclasses.replace(batch, rewards=batch.rewards + weight * batch.intrinsic)
+    if isinstance(mixed, SequenceBatch) and mixed.continuation is not None:
+        mixed.continuation = with_intrinsic(mixed.continuation, weight)
+    return mixed

@@ -43,6 +43,11 @@ class SequenceBatch:
     # [B, T] float32 intrinsic reward of each step, stored apart from `rewards` (None in hand-built batches);
     # mix with `townlet.replay.with_intrinsic(batch, weight)`
     intrinsic: Tensor | None = field(default=None)
+    # the next episode of each sequence (replay built with split_episodes): a batch of the same shape whose
+    # step j is step start + j of this one, from a zero state at that episode's first obs; valid only inside
+    # this sequence and up to that episode's first end, all False where this sequence has no episode end
+    continuation: SequenceBatch | None = field(default=None)
+    start: Tensor | None = field(default=None)  # [B] int64, on a continuation: its step 0 in the parent (T: none)
 
 
 class SequenceReplay(RingState):
@@ -56,6 +61,12 @@ class SequenceReplay(RingState):
 
     Dense `final_obs`/`final_mask` rings (as compact as the obs ring) hold each episode's true last
     observation, which is substituted after an episode end so a truncated step can bootstrap from it.
+
+    Steps after the first episode end of a sequence are invalid in it. With `split_episodes` each sampled
+    sequence carries its `continuation`: the next episode's steps inside the same rows, from that episode's
+    start (where the true LSTM state is zero). Learning from both trains every stored step, as R2D2's cutting
+    at episode starts does; without it the first burn_in to burn_in + stride - 1 steps of every episode are
+    never a training step.
     """
 
     def __init__(
@@ -76,6 +87,7 @@ class SequenceReplay(RingState):
         priority_alpha: float = 0.6,
         importance_beta: float = 0.4,
         priority_eps: float = 1e-6,
+        split_episodes: bool = False,
     ) -> None:
         stride = train_len if stride is None else stride
         for name, value, low in [
@@ -114,6 +126,7 @@ class SequenceReplay(RingState):
         self.capacity = rows * num_envs
         self.obs_dim = obs.dim if isinstance(obs, ObsLayout) else obs
         self.prioritized = prioritized
+        self.split_episodes = split_episodes
         self.priority_eta, self.priority_alpha = priority_eta, priority_alpha
         self.importance_beta, self.priority_eps = importance_beta, priority_eps
 
@@ -259,23 +272,40 @@ class SequenceReplay(RingState):
             weights = torch.ones(batch_size, dtype=torch.float32, device=dev)
         rows = (slot.unsqueeze(1) * self.stride + self._steps) % self.rows  # [B, T + 1]
         flat = rows * n_env + env.unsqueeze(1)
+        batch = self._window(flat, self.steps_per_sequence, weights, k * n_env + env)
+        batch.h0, batch.c0 = self._h[:, slot, env], self._c[:, slot, env]
+        if self.split_episodes:
+            length = self.steps_per_sequence
+            first_end = batch.valid & (batch.terminated | batch.truncated)
+            start = torch.where(first_end.any(1), first_end.byte().argmax(1) + 1, length)  # [B]
+            src = (start.unsqueeze(1) + self._steps).clamp(max=length)  # steps of this sequence, from start
+            batch.continuation = self._window(flat.gather(1, src), length - start, weights, batch.indices)
+            batch.continuation.start = start
+        return batch
+
+    def _window(self, flat: Tensor, limit: Tensor | int, weights: Tensor, indices: Tensor) -> SequenceBatch:
+        """The steps at ring positions `flat` [B, T + 1], valid before step `limit` ([B] or int) and up to the
+        first episode end, whose final obs/mask replace the next entry. Start states are zeros."""
+        batch_size, dev = flat.shape[0], self.device
         steps = flat[:, :-1]
         obs = self._obs.gather(flat)
         masks = self._mask.view(-1, self.num_actions)[flat]
         terminated = self._terminated.view(-1)[steps]
         truncated = self._truncated.view(-1)[steps]
-        done = terminated | truncated
-        valid = done.cumsum(1) - done.long() == 0  # no episode end strictly before the step
+        inside = self._steps[:-1].unsqueeze(0) < torch.as_tensor(limit, device=dev).view(-1, 1)
+        done = (terminated | truncated) & inside
+        valid = (done.cumsum(1) - done.long() == 0) & inside  # no episode end strictly before the step
         first_end = done & valid
         has_end = first_end.any(1)
         end = first_end.byte().argmax(1)  # step of the first end (0 where none, then unused)
         end_flat = steps.gather(1, end.unsqueeze(1)).squeeze(1)
-        batch = torch.arange(batch_size, device=dev)
+        rows = torch.arange(batch_size, device=dev)
         after = end + 1
         final_obs = self._final_obs.gather(end_flat)
-        obs[batch, after] = torch.where(has_end.unsqueeze(1), final_obs, obs[batch, after])
+        obs[rows, after] = torch.where(has_end.unsqueeze(1), final_obs, obs[rows, after])
         final_mask = self._final_mask.view(-1, self.num_actions)[end_flat]
-        masks[batch, after] = torch.where(has_end.unsqueeze(1), final_mask, masks[batch, after])
+        masks[rows, after] = torch.where(has_end.unsqueeze(1), final_mask, masks[rows, after])
+        state = torch.zeros(self.lstm_layers, batch_size, self.hidden_size, device=dev)
         return SequenceBatch(
             obs=obs,
             masks=masks,
@@ -284,10 +314,10 @@ class SequenceReplay(RingState):
             terminated=terminated,
             truncated=truncated & ~terminated,
             valid=valid,
-            h0=self._h[:, slot, env],
-            c0=self._c[:, slot, env],
+            h0=state,
+            c0=state.clone(),
             weights=weights,
-            indices=k * n_env + env,
+            indices=indices,
             intrinsic=self._intrinsic.view(-1)[steps],
         )
 

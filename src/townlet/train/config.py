@@ -72,6 +72,12 @@ class ReplayConfig(_Strict):
     stored_state: bool = Field(
         default=True, description="False: every sequence starts from a zero LSTM state (seed-era; ablation)"
     )
+    split_episodes: bool = Field(
+        default=False,
+        description="True: the steps after an episode start inside a sampled sequence are trained too, from a zero"
+        " state at that start (R2D2's cut at episode starts); False: they are masked, so the first burn_in to"
+        " burn_in + stride - 1 steps of every episode never train",
+    )
 
 
 class ExplorationConfig(_Strict):

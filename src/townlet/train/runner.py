@@ -148,7 +148,7 @@ class Trainer:
             self.replay: TransitionReplay | SequenceReplay = SequenceReplay(
                 rc.capacity, n, self.world.obs_layout, burn_in=rc.burn_in, train_len=rc.train_len,
                 stride=rc.stride, hidden_size=config.network.lstm_hidden, device=self.device,
-                prioritized=rc.prioritized,
+                prioritized=rc.prioritized, split_episodes=rc.split_episodes,
             )
             self.actor: RecurrentActor | None = RecurrentActor(self.network, n, self.device, self.act_gen)
             self.transitions_per_update = lc.batch_size * rc.train_len
