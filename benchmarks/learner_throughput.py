@@ -9,6 +9,7 @@ obs / whole sequence) + loss + backward + gradient clipping + Adam + target sche
 forward with gradient over what the update trains on (DQN: obs; R2D2: the whole T + 1 sequence from the
 stored state) + backward, with no target computation and no optimizer step. Batches are random tensors
 in the replay format (replay sampling is not timed). Figures are medians over `--repeats` timed blocks.
+The last line times the R2D2 update with continuations (`replay.split_episodes`) against the plain update.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import argparse
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor, nn
@@ -53,8 +54,8 @@ class SequenceBatch:
     h0: Tensor
     c0: Tensor
     weights: Tensor
-    continuation: None = None
-    start: None = None
+    continuation: SequenceBatch | None = None
+    start: Tensor | None = None
 
 
 def random_obs(layout: ObsLayout, shape: tuple[int, ...], g: torch.Generator) -> Tensor:
@@ -98,7 +99,7 @@ def sequence_batch(
         c0=0.1 * torch.randn(1, b, hidden, generator=g),
         weights=torch.ones(b),
     )
-    return SequenceBatch(**{k: v.to(device) for k, v in vars(batch).items()})
+    return SequenceBatch(**{k: v.to(device) for k, v in vars(batch).items() if v is not None})
 
 
 def rate(fn: Callable[[], object], seconds: float, repeats: int, device: torch.device) -> tuple[float, float]:
@@ -176,6 +177,19 @@ def main() -> None:
         f"({burn_in} + {train_len}): {upd:8.1f} updates/s ({upd_ms:.2f} ms); plain fwd+bwd over the "
         f"{burn_in + train_len + 1} steps {base:8.1f}/s ({base_ms:.2f} ms); "
         f"update/baseline time {upd_ms / base_ms:.2f}x"
+    )
+
+    # R2D2 with continuations (replay.split_episodes): the same batch, and a continuation of the same shape
+    # from a zero state (row 0 ends at step T - 3, the others run on; the cost does not depend on where)
+    t = burn_in + train_len
+    start = torch.full((32,), t, dtype=torch.long, device=device)
+    start[0] = t - 2
+    zeros = torch.zeros_like(sb.h0)
+    split = replace(sb, continuation=replace(sb, h0=zeros, c0=zeros, start=start))
+    split_upd, split_ms = rate(lambda: r2d2.update(split), args.seconds, args.repeats, device)
+    print(
+        f"R2D2 with continuations, same batch: {split_upd:8.1f} updates/s ({split_ms:.2f} ms); "
+        f"update with / without continuations time {split_ms / upd_ms:.2f}x"
     )
 
 
