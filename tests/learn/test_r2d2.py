@@ -65,6 +65,20 @@ def greedy_chain_q(net: RecurrentQNetwork) -> list[float]:
     return qs
 
 
+def random_rollout(env: ChainEnv, net: RecurrentQNetwork, replay: SequenceReplay, steps: int,
+                   generator: torch.Generator) -> RecurrentActor:  # fmt: skip
+    """Act at random with the net's rollout memory carried, storing every step with the state before it."""
+    actor = RecurrentActor(net, env.n, generator=generator)
+    for _ in range(steps):
+        obs, mask = env.obs(), env.mask()
+        act = actor.act(obs, mask, 1.0)
+        out = env.step(act.actions)
+        replay.add(obs, mask, act.actions, out.rewards, out.terminated, out.truncated, out.final_obs,
+                   out.final_mask, act.h, act.c)  # fmt: skip
+        actor.reset(out.terminated | out.truncated)
+    return actor
+
+
 def test_recurrent_learner_solves_the_chain() -> None:
     net = train_chain()
     # Greedy rollout from the start: RIGHT, RIGHT, INTERACT, in every agent.
@@ -144,15 +158,7 @@ def test_training_update_leaves_the_rollout_state_untouched() -> None:
     net = RecurrentQNetwork(3, hidden_size=hidden, encoder_hidden=(16,), head_hidden=16)
     learner = RecurrentLearner(net, R2D2Config(burn_in=2, lr=1e-2, target_update_every=1))
     replay = SequenceReplay(n * 32, n, 3, burn_in=2, train_len=4, hidden_size=hidden)
-    env = ChainEnv(n)
-    actor = RecurrentActor(net, n, generator=g)
-    for _ in range(12):
-        obs, mask = env.obs(), env.mask()
-        act = actor.act(obs, mask, 1.0)
-        out = env.step(act.actions)
-        replay.add(obs, mask, act.actions, out.rewards, out.terminated, out.truncated, out.final_obs,
-                   out.final_mask, act.h, act.c)  # fmt: skip
-        actor.reset(out.terminated | out.truncated)
+    actor = random_rollout(ChainEnv(n), net, replay, 12, g)
     h_ref, c_ref = actor.state
     h_before, c_before = h_ref.clone(), c_ref.clone()
     assert h_before.abs().sum() > 0
@@ -174,15 +180,7 @@ def test_state_refresh_for_the_next_sequence() -> None:
     net = RecurrentQNetwork(3, hidden_size=hidden, encoder_hidden=(8,), head_hidden=None)
     learner = RecurrentLearner(net, R2D2Config(burn_in=2, refresh_offset=3))
     replay = SequenceReplay(n * 40, n, 3, burn_in=2, train_len=3, stride=3, hidden_size=hidden)
-    env = ChainEnv(n, max_steps=4)
-    actor = RecurrentActor(net, n, generator=g)
-    for _ in range(30):
-        obs, mask = env.obs(), env.mask()
-        act = actor.act(obs, mask, 1.0)
-        out = env.step(act.actions)
-        replay.add(obs, mask, act.actions, out.rewards, out.terminated, out.truncated, out.final_obs,
-                   out.final_mask, act.h, act.c)  # fmt: skip
-        actor.reset(out.terminated | out.truncated)
+    random_rollout(ChainEnv(n, max_steps=4), net, replay, 30, g)
     batch = replay.sample(64, g)
     with torch.no_grad():
         _, (h_exp, c_exp) = net(batch.obs[:, :3], (batch.h0, batch.c0))
@@ -210,18 +208,11 @@ def test_update_trains_and_prioritises_the_continuation_steps() -> None:
     learner = RecurrentLearner(net, R2D2Config(burn_in=burn_in, lr=1e-2, n_step=2))
     replay = SequenceReplay(n * 40, n, 3, burn_in=burn_in, train_len=train_len, hidden_size=hidden,
                             prioritized=True, split_episodes=True)  # fmt: skip
-    env = ChainEnv(n, max_steps=3)
-    actor = RecurrentActor(net, n, generator=g)
-    for _ in range(30):
-        obs, mask = env.obs(), env.mask()
-        act = actor.act(obs, mask, 1.0)
-        out = env.step(act.actions)
-        replay.add(obs, mask, act.actions, out.rewards, out.terminated, out.truncated, out.final_obs,
-                   out.final_mask, act.h, act.c)  # fmt: skip
-        actor.reset(out.terminated | out.truncated)
+    random_rollout(ChainEnv(n, max_steps=3), net, replay, 30, g)
     batch = replay.sample(32, g)
     cont = batch.continuation
-    own_y, own_q, own_valid = compute_sequence_targets(batch, learner.online, learner.target, burn_in, 0.99, n_step=2)
+    own = replace(batch, continuation=None)
+    own_y, own_q, own_valid = compute_sequence_targets(own, learner.online, learner.target, burn_in, 0.99, n_step=2)
     next_y, next_q, next_valid = compute_sequence_targets(cont, learner.online, learner.target, 0, 0.99, n_step=2)
     before = [p.detach().clone() for p in net.parameters()]
     stats = learner.update(batch)

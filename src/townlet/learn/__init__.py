@@ -19,7 +19,6 @@ from townlet.learn.r2d2 import (
     join_continuation,
     sequence_loss,
     sequence_td,
-    sequence_td_with_continuation,
 )
 from townlet.learn.target_sync import TargetSync, hard_update, polyak_update
 from townlet.learn.targets import double_q_targets, huber, masked_argmax
@@ -51,5 +50,4 @@ __all__ = [
     "polyak_update",
     "sequence_loss",
     "sequence_td",
-    "sequence_td_with_continuation",
 ]

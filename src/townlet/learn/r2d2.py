@@ -115,39 +115,25 @@ def sequence_td(
 ) -> SequenceTD:
     """Unroll both nets from the stored state and build the per-step n-step Double-DQN targets
     (see `n_step_targets`; with n_step=1: r_t + gamma * (1 - terminated_t) * Q_target(obs_{t+1})[a*],
-    a* = argmax over valid actions (masks[:, t + 1]) of the online Q at t + 1)."""
+    a* = argmax over valid actions (masks[:, t + 1]) of the online Q at t + 1).
+
+    With a `continuation` the result also covers the steps after each sequence's first episode end, from the
+    continuation (burn-in 0, zero start state; see `join_continuation`). Both go through each net in one call
+    (the sequences' training part padded at its end), which on a CPU costs far less than a second unroll."""
     obs, valid = _sanitize(batch)
     _check_unroll(batch, burn_in, n_step)
     start = _start_state(batch, zero_start_state)
     state = _burn_in(online, obs, start, burn_in)
-    q_online, _ = online(obs[:, burn_in:], state)  # [B, L + 1, A]
-    with torch.no_grad():
-        q_target, _ = target(obs, start)  # [B, T + 1, A]
-    return _td(batch, valid, q_online, q_target, burn_in, gamma, double, n_step)
-
-
-def sequence_td_with_continuation(
-    batch: SequenceBatchLike,
-    online: nn.Module,
-    target: nn.Module,
-    burn_in: int,
-    gamma: float,
-    double: bool = True,
-    n_step: int = 1,
-    zero_start_state: bool = False,
-) -> SequenceTD:
-    """`sequence_td` of the sequences joined with that of their `continuation`s (burn-in 0, zero start
-    state; see `join_continuation`). Both go through each net in one call (the sequences' training part
-    padded at its end), which on a CPU costs far less than a second unroll."""
     cont = batch.continuation
-    if cont is None or cont.start is None:
+    if cont is None:
+        q_online, _ = online(obs[:, burn_in:], state)  # [B, L + 1, A]
+        with torch.no_grad():
+            q_target, _ = target(obs, start)  # [B, T + 1, A]
+        return _td(batch, valid, q_online, q_target, burn_in, gamma, double, n_step)
+    if cont.start is None:
         raise ValueError("continuation: expected a continuation batch with `start` [B] int64, got None")
-    obs, valid = _sanitize(batch)
     next_obs, next_valid = _sanitize(cont)
-    _check_unroll(batch, burn_in, n_step)
-    start = _start_state(batch, zero_start_state)
     zeros = (torch.zeros_like(start[0]), torch.zeros_like(start[1]))
-    state = _burn_in(online, obs, start, burn_in)
     b, t1 = obs.shape[0], obs.shape[1]
     train_obs = torch.cat([obs[:, burn_in:], obs.new_zeros(b, burn_in, obs.shape[2])], dim=1)  # padded to T + 1
     q_online, _ = online(torch.cat([train_obs, next_obs]), _cat_state(state, zeros))
@@ -228,7 +214,8 @@ def compute_sequence_targets(
     double: bool = True,
     n_step: int = 1,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """(targets, q_taken, valid), each [B, train_len], with no gradient: for tests and diagnostics."""
+    """(targets, q_taken, valid), each [B, train_len] (continuations joined in), with no gradient: for tests and
+    diagnostics."""
     td = sequence_td(batch, online, target, burn_in, gamma, double, n_step)
     return td.targets, td.q_taken, td.valid
 
@@ -274,8 +261,9 @@ class RecurrentLearner(OnlineTargetLearner):
         grad_norm; with `refresh_offset`, also h_refresh/c_refresh [layers, B, H] and refresh_ok [B]."""
         c = self.config
         refreshed = self.refresh_states(batch, c.refresh_offset) if c.refresh_offset is not None else None
-        unroll = sequence_td if batch.continuation is None else sequence_td_with_continuation
-        td = unroll(batch, self.online, self.target, c.burn_in, c.gamma, c.double, c.n_step, c.zero_start_state)
+        td = sequence_td(
+            batch, self.online, self.target, c.burn_in, c.gamma, c.double, c.n_step, c.zero_start_state
+        )
         loss, td_abs = sequence_loss(td, batch.weights, c.huber_delta)
         grad_norm = self._step(loss)
         n_valid = td.valid.sum().clamp(min=1)

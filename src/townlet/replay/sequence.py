@@ -272,20 +272,25 @@ class SequenceReplay(RingState):
             weights = torch.ones(batch_size, dtype=torch.float32, device=dev)
         rows = (slot.unsqueeze(1) * self.stride + self._steps) % self.rows  # [B, T + 1]
         flat = rows * n_env + env.unsqueeze(1)
-        batch = self._window(flat, self.steps_per_sequence, weights, k * n_env + env)
-        batch.h0, batch.c0 = self._h[:, slot, env], self._c[:, slot, env]
+        state = (self._h[:, slot, env], self._c[:, slot, env])
+        batch = self._window(flat, self.steps_per_sequence, state, weights, k * n_env + env)
         if self.split_episodes:
             length = self.steps_per_sequence
             first_end = batch.valid & (batch.terminated | batch.truncated)
             start = torch.where(first_end.any(1), first_end.byte().argmax(1) + 1, length)  # [B]
             src = (start.unsqueeze(1) + self._steps).clamp(max=length)  # steps of this sequence, from start
-            batch.continuation = self._window(flat.gather(1, src), length - start, weights, batch.indices)
+            zeros = torch.zeros_like(state[0])
+            batch.continuation = self._window(
+                flat.gather(1, src), length - start, (zeros, zeros.clone()), weights, batch.indices
+            )
             batch.continuation.start = start
         return batch
 
-    def _window(self, flat: Tensor, limit: Tensor | int, weights: Tensor, indices: Tensor) -> SequenceBatch:
-        """The steps at ring positions `flat` [B, T + 1], valid before step `limit` ([B] or int) and up to the
-        first episode end, whose final obs/mask replace the next entry. Start states are zeros."""
+    def _window(
+        self, flat: Tensor, limit: Tensor | int, state: tuple[Tensor, Tensor], weights: Tensor, indices: Tensor
+    ) -> SequenceBatch:
+        """The steps at ring positions `flat` [B, T + 1] from start state (h0, c0), valid before step `limit`
+        ([B] or int) and up to the first episode end, whose final obs/mask replace the next entry."""
         batch_size, dev = flat.shape[0], self.device
         steps = flat[:, :-1]
         obs = self._obs.gather(flat)
@@ -305,7 +310,6 @@ class SequenceReplay(RingState):
         obs[rows, after] = torch.where(has_end.unsqueeze(1), final_obs, obs[rows, after])
         final_mask = self._final_mask.view(-1, self.num_actions)[end_flat]
         masks[rows, after] = torch.where(has_end.unsqueeze(1), final_mask, masks[rows, after])
-        state = torch.zeros(self.lstm_layers, batch_size, self.hidden_size, device=dev)
         return SequenceBatch(
             obs=obs,
             masks=masks,
@@ -314,8 +318,8 @@ class SequenceReplay(RingState):
             terminated=terminated,
             truncated=truncated & ~terminated,
             valid=valid,
-            h0=state,
-            c0=state.clone(),
+            h0=state[0],
+            c0=state[1],
             weights=weights,
             indices=indices,
             intrinsic=self._intrinsic.view(-1)[steps],
