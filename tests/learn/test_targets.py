@@ -18,6 +18,7 @@ from townlet.learn import (
     compute_targets,
     double_q_targets,
     join_continuation,
+    large_margin_loss,
     masked_argmax,
     sequence_loss,
     sequence_td,
@@ -115,6 +116,7 @@ class SBatch:
     weights: Tensor
     continuation: None = None
     start: None = None
+    demo: Tensor | None = None
 
 
 def nets() -> tuple[RecurrentQNetwork, RecurrentQNetwork]:
@@ -340,11 +342,41 @@ def test_join_continuation_fills_the_steps_after_the_first_episode_end() -> None
     row 2 ended in the burn-in (step 1), so all its training steps come from the continuation."""
     own = torch.tensor([[10.0, 11, 12, 13], [20, 21, 22, 23], [30, 31, 32, 33]])
     nxt = torch.arange(21.0).view(3, 7) + 100
-    td = SequenceTD(own, -own, torch.tensor([[True, False, False, False], [True] * 4, [False] * 4]), own)
+    td = SequenceTD(own, -own, torch.tensor([[True, False, False, False], [True] * 4, [False] * 4]), own / 10, own)
     next_valid = torch.tensor([[True, True, False, False, False, False, False], [False] * 7, [True] * 5 + [False] * 2])
-    joined = join_continuation(td, SequenceTD(nxt, -nxt, next_valid, nxt), torch.tensor([4, 7, 2]), burn_in=3)
+    joined = join_continuation(td, SequenceTD(nxt, -nxt, next_valid, nxt / 10, nxt), torch.tensor([4, 7, 2]), 3)
     assert joined.valid.tolist() == [[True, True, True, False], [True] * 4, [True] * 4]
     want = torch.tensor([[10.0, 100, 101], [20, 21, 22], [115, 116, 117]])
     assert torch.equal(joined.q_taken[:, :3], want) and torch.equal(joined.targets[:, :3], -want)
+    assert torch.equal(joined.q_other[:, :3], want / 10)  # the imitation loss's other actions follow the same steps
     assert torch.equal(joined.q_taken[1], own[1]) and float(joined.q_taken[2, 3]) == 118.0
     assert joined.q_online is own
+
+
+def test_large_margin_loss_matches_a_stepwise_reference() -> None:
+    """DQfD's J_E = max_a [Q(s, a) + margin * (a != a_E)] - Q(s, a_E) over the valid training steps of the
+    demonstration rows only, with the max over the actions valid at that step."""
+    online, target = nets()
+    batch = sequence_batch()
+    demo = torch.tensor([True, False, True, True])  # row 3 ended in the burn-in: no step of it counts
+    td = sequence_td(batch, online, target, BURN, GAMMA)
+    loss = large_margin_loss(td, demo, 0.8)
+    q = stepwise_q(online, batch)
+    gaps = []
+    for b in range(B):
+        for j in range(TRAIN):
+            t = BURN + j
+            if not (demo[b] and batch.valid[b, t]):
+                continue
+            a = int(batch.actions[b, t])
+            margins = torch.where(torch.arange(5) == a, 0.0, 0.8)
+            best = torch.where(batch.masks[b, t], q[b, t] + margins, -1e9).max()
+            gaps.append(max(float(best - q[b, t, a]), 0.0))
+    assert len(gaps) == 4 + 3  # row 0's four training steps, row 2's three up to its truncation
+    assert float(loss) == pytest.approx(sum(gaps) / len(gaps), abs=1e-5)
+    loss.backward()  # it trains the online net
+    assert any(p.grad is not None and bool(p.grad.abs().sum() > 0) for p in online.parameters())
+    assert float(large_margin_loss(td, torch.zeros(B, dtype=torch.bool), 0.8)) == 0.0
+    # a demonstrated action that already leads by the margin costs nothing
+    lead = replace(td, q_taken=td.q_other.detach() + 0.8)
+    assert float(large_margin_loss(lead, demo, 0.8)) == 0.0

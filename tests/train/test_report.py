@@ -67,6 +67,9 @@ def test_report_writes_pngs_and_summary(run_dir: Path, built) -> None:
 def test_summary_names_the_guides_of_a_guided_run() -> None:
     rows = _feature_rows(load_run_config("L2_partial", {"guides": {"fraction": 0.25}}))
     assert "| guides | 25% of the agents follow needs-memory (not in the training metrics) |" in rows
+    rows = _feature_rows(load_run_config("L2_partial", {"guides": {"fraction": 0.25, "imitation": 1.0}}))
+    imitated = "25% of the agents follow needs-memory, imitated (large margin 0.8, weight 1)"
+    assert f"| guides | {imitated} (not in the training metrics) |" in rows
 
 
 def test_report_cli(run_dir: Path, tmp_path: Path) -> None:

@@ -302,3 +302,30 @@ def test_wiped_memory_hands_the_net_a_zero_state_every_step(tmp_path):
         greedy_stats(spies[wipe], config, level, episodes=4, agents=4, seed=3, wipe_memory=wipe)
     assert spies[False].seen[0] == 0.0 and max(spies[False].seen) > 0.0  # memory carried between steps
     assert len(spies[True].seen) > 10 and max(spies[True].seen) == 0.0  # wiped before every step
+
+
+def test_imitation_marks_the_guided_agents_sequences_as_demonstrations(tmp_path):
+    guides = {"fraction": 0.25, "policy": "needs-memory", "imitation": 1.0}
+    trainer = Trainer(small_config("L2_partial", 800, **RECURRENT, guides=guides), tmp_path)
+    assert trainer.learner.config.imitation_weight == 1.0 and trainer.learner.config.margin == 0.8
+    seen = []
+    update = trainer.learner.update
+
+    def spy(batch):
+        seen.append((batch.indices % 8, batch.demo))
+        return update(batch)
+
+    trainer.learner.update = spy
+    trainer.run()
+    assert seen and "imitation" in trainer.last_stats
+    agents = torch.cat([a for a, _ in seen])
+    demo = torch.cat([d for _, d in seen])
+    assert torch.equal(demo, agents >= 6)  # the last 2 of 8 agents are the guides
+    assert demo.any() and not demo.all()
+
+
+def test_imitation_needs_guides_and_a_sequence_learner():
+    with pytest.raises(ConfigError, match=r"guides\.imitation: needs guides .* got fraction 0\.0"):
+        load_run_config("L2_partial", {"guides": {"imitation": 1.0}})
+    with pytest.raises(ConfigError, match=r"guides\.imitation: .* network\.kind 'mlp'"):
+        load_run_config("L1_full", {"guides": {"fraction": 0.1, "imitation": 1.0}})

@@ -4,9 +4,10 @@ Why: on the recurrent levels the greedy loop (sleep and eat until broke) never p
 of working while broke is never trained where it matters, and ε-greedy, curiosity and exploring starts did
 not fix that within minutes (docs/tuning.md). A scripted needs policy works before its money runs out; its
 transitions in replay let the learner value that off-policy, as in learning from demonstrations (Hester et
-al. 2018, here without the supervised loss). The network still advances its memory on the guided agents'
-observations, so their stored LSTM states are the network's own. Guided episodes are kept out of the
-training metrics, and evaluation is always the network alone.
+al. 2018); with `guides.imitation` the recurrent learner also adds DQfD's large-margin loss on the guides'
+sequences (`townlet.learn.large_margin_loss`), so it learns to prefer what they do. The network still
+advances its memory on the guided agents' observations, so their stored LSTM states are the network's own.
+Guided episodes are kept out of the training metrics, and evaluation is always the network alone.
 """
 
 from __future__ import annotations

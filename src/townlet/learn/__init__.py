@@ -17,6 +17,7 @@ from townlet.learn.r2d2 import (
     SequenceTD,
     compute_sequence_targets,
     join_continuation,
+    large_margin_loss,
     sequence_loss,
     sequence_td,
 )
@@ -43,6 +44,7 @@ __all__ = [
     "hard_update",
     "huber",
     "join_continuation",
+    "large_margin_loss",
     "masked_argmax",
     "masked_epsilon_greedy",
     "masked_greedy",

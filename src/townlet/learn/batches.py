@@ -27,7 +27,8 @@ class SequenceBatchLike(Protocol):
     """B sequences of T = burn_in + train_len steps; obs[:, t + 1] follows step t. `valid` is True up to
     and including the first episode end; (h0, c0) is the stored LSTM state before obs[:, 0].
     `continuation` (or None): the next episode of each sequence, as a batch of the same shape whose step j is
-    step `continuation.start` + j of this one (see `townlet.replay.SequenceBatch`)."""
+    step `continuation.start` + j of this one (see `townlet.replay.SequenceBatch`). `demo` marks the
+    sequences whose actions came from a guide, for the large-margin imitation loss."""
 
     obs: Tensor  # [B, T + 1, D]
     masks: Tensor  # [B, T + 1, A] bool
@@ -41,3 +42,4 @@ class SequenceBatchLike(Protocol):
     weights: Tensor  # [B]
     continuation: SequenceBatchLike | None
     start: Tensor | None  # [B] int64, on a continuation
+    demo: Tensor | None  # [B] bool: the sequence's actions are a guide's demonstration (or None: none are)

@@ -28,7 +28,9 @@ class R2D2Config(OptimConfig):
     the stored state and start every sequence from zeros (the seed-era method, kept for the memory
     ablation). `refresh_offset`: if set, `update` also returns the online
     net's state after that many steps of each sequence (`h_refresh`, `c_refresh`, `refresh_ok`) for the
-    replay's `update_states`."""
+    replay's `update_states`. `imitation_weight` > 0 adds DQfD's large-margin loss on the batch's `demo`
+    sequences (a guide's actions): the demonstrated action's Q must beat every other valid action's by
+    `margin`, so what a guide does is learned as a preference and not only valued off-policy."""
 
     burn_in: int = 8
     n_step: int = 1
@@ -38,6 +40,8 @@ class R2D2Config(OptimConfig):
     max_grad_norm: float | None = 40.0
     target_update_every: int = 2500
     refresh_offset: int | None = None
+    imitation_weight: float = 0.0
+    margin: float = 0.8
 
 
 @dataclass
@@ -47,6 +51,7 @@ class SequenceTD:
     q_taken: Tensor  # [B, L], with gradient
     targets: Tensor  # [B, L], no gradient; 0 where invalid
     valid: Tensor  # [B, L] bool
+    q_other: Tensor  # [B, L], with gradient: the best online Q among the other valid actions (very low if none)
     q_online: Tensor  # [B, L + 1, A] online Q of obs[:, burn_in:], with gradient
 
 
@@ -187,6 +192,9 @@ def _td(
     valid_t = valid[:, train]
     actions = batch.actions[:, train]
     q_taken = q_online[:, :-1].gather(-1, actions.unsqueeze(-1)).squeeze(-1)
+    ids = torch.arange(q_online.shape[-1], device=actions.device)
+    others = batch.masks[:, train].bool() & (actions.unsqueeze(-1) != ids)  # valid at obs t, not taken
+    q_other = torch.where(others, q_online[:, :-1], torch.finfo(q_taken.dtype).min).amax(-1)
     with torch.no_grad():
         rewards = torch.where(valid_t, batch.rewards[:, train], torch.zeros((), dtype=q_taken.dtype))
         y = n_step_targets(
@@ -201,7 +209,7 @@ def _td(
             double,
         )
         y = torch.where(valid_t, y, torch.zeros_like(y))
-    return SequenceTD(q_taken, y, valid_t, q_online)
+    return SequenceTD(q_taken, y, valid_t, q_other, q_online)
 
 
 @torch.no_grad()
@@ -233,6 +241,7 @@ def join_continuation(td: SequenceTD, next_td: SequenceTD, start: Tensor, burn_i
         q_taken=torch.where(td.valid, td.q_taken, next_td.q_taken.gather(1, pick)),
         targets=torch.where(td.valid, td.targets, next_td.targets.gather(1, pick)),
         valid=td.valid | next_valid,
+        q_other=torch.where(td.valid, td.q_other, next_td.q_other.gather(1, pick)),
         q_online=td.q_online,
     )
 
@@ -244,6 +253,15 @@ def sequence_loss(td: SequenceTD, weights: Tensor, delta: float = 1.0) -> tuple[
     per_step = huber(err, delta) * weights.unsqueeze(-1)
     loss = per_step.sum() / td.valid.sum().clamp(min=1)
     return loss, err.detach().abs()
+
+
+def large_margin_loss(td: SequenceTD, demo: Tensor, margin: float) -> Tensor:
+    """DQfD's supervised loss, max_a [Q(s, a) + margin * (a != a_E)] - Q(s, a_E), averaged over the valid
+    training steps of the `demo` [B] sequences (0 if there are none). It is 0 once the demonstrated action
+    a_E leads every other valid action by the margin."""
+    steps = td.valid & demo.view(-1, 1)
+    gap = torch.relu(td.q_other + margin - td.q_taken)
+    return torch.where(steps, gap, torch.zeros((), dtype=gap.dtype)).sum() / steps.sum().clamp(min=1)
 
 
 class RecurrentLearner(OnlineTargetLearner):
@@ -258,13 +276,18 @@ class RecurrentLearner(OnlineTargetLearner):
     def update(self, batch: SequenceBatchLike) -> dict[str, Tensor]:
         """One step on the sequences and their continuations, if any. Stats: loss, q_mean (valid steps),
         td_abs [B, L], valid [B, L] (both over the sequences' training steps, continuations included), td_abs_mean,
-        grad_norm; with `refresh_offset`, also h_refresh/c_refresh [layers, B, H] and refresh_ok [B]."""
+        grad_norm; with `imitation_weight` and a batch with `demo`, imitation (the large-margin loss, already in
+        loss); with `refresh_offset`, also h_refresh/c_refresh [layers, B, H] and refresh_ok [B]."""
         c = self.config
         refreshed = self.refresh_states(batch, c.refresh_offset) if c.refresh_offset is not None else None
         td = sequence_td(
             batch, self.online, self.target, c.burn_in, c.gamma, c.double, c.n_step, c.zero_start_state
         )
         loss, td_abs = sequence_loss(td, batch.weights, c.huber_delta)
+        imitation = None
+        if c.imitation_weight > 0 and batch.demo is not None:
+            imitation = large_margin_loss(td, batch.demo, c.margin)
+            loss = loss + c.imitation_weight * imitation
         grad_norm = self._step(loss)
         n_valid = td.valid.sum().clamp(min=1)
         q_valid = torch.where(td.valid, td.q_taken.detach(), torch.zeros((), dtype=td.q_taken.dtype))
@@ -276,6 +299,8 @@ class RecurrentLearner(OnlineTargetLearner):
             "td_abs_mean": td_abs.sum() / n_valid,
             "grad_norm": grad_norm,
         }
+        if imitation is not None:
+            stats["imitation"] = imitation.detach()
         if refreshed is not None:
             stats["h_refresh"], stats["c_refresh"], stats["refresh_ok"] = refreshed
         return stats

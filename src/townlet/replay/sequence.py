@@ -48,6 +48,9 @@ class SequenceBatch:
     # this sequence and up to that episode's first end, all False where this sequence has no episode end
     continuation: SequenceBatch | None = field(default=None)
     start: Tensor | None = field(default=None)  # [B] int64, on a continuation: its step 0 in the parent (T: none)
+    # [B] bool: the sequence comes from a guided agent, so its actions are a demonstration (set by the runner,
+    # which knows the guides; the replay does not). None: no demonstrations in this batch
+    demo: Tensor | None = field(default=None)
 
 
 class SequenceReplay(RingState):

@@ -143,7 +143,10 @@ class Trainer:
         if self.recurrent:
             self.learner: DQNLearner | RecurrentLearner = RecurrentLearner(
                 self.network,
-                R2D2Config(burn_in=rc.burn_in, n_step=lc.n_step, zero_start_state=not rc.stored_state, **common),
+                R2D2Config(
+                    burn_in=rc.burn_in, n_step=lc.n_step, zero_start_state=not rc.stored_state,
+                    imitation_weight=gc.imitation, margin=gc.margin, **common,
+                ),
             )
             self.replay: TransitionReplay | SequenceReplay = SequenceReplay(
                 rc.capacity, n, self.world.obs_layout, burn_in=rc.burn_in, train_len=rc.train_len,
@@ -367,6 +370,8 @@ class Trainer:
         while self.update_credit >= 1.0:
             self.update_credit -= 1.0
             batch = self.replay.sample(lc.batch_size, self.sample_gen)
+            if self.guides is not None and isinstance(self.replay, SequenceReplay):
+                batch.demo = self.guides.guided[batch.indices % self.world.num_agents]  # ids are k * N + agent
             if self.annealing is not None:
                 batch = with_intrinsic(batch, self.annealing.weight)  # combined now, stored apart
             if self.rnd is not None:
