@@ -124,7 +124,7 @@ def train(
     except (ConfigError, CheckpointError) as e:
         raise _fail(str(e)) from None
     guided = (f" ({trainer.guides.count} of them follow the scripted {config.guides.policy} policy)"
-              if trainer.guides is not None else "")
+              if trainer.guides is not None and trainer.guides.count > 0 else "")
     console.print(f"training {config.level} with {config.agents} agents{guided} -> {run_dir}")
     _run_with_display(trainer, quiet)
     console.print(f"checkpoint written; resume with: townlet train --resume {run_dir}")

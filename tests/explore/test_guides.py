@@ -22,12 +22,21 @@ def test_guided_agents_take_the_scripted_action_and_the_others_keep_theirs() -> 
     network = torch.full((10,), 4)
     actions = guides.act(world, network)
     assert torch.equal(actions[7:], scripted[7:]) and torch.equal(actions[:7], network[:7])
+    assert torch.equal(guides.advice, scripted)  # what a guide would do, for every agent
+
+
+def test_without_guided_agents_the_guides_only_advise() -> None:
+    world = World("L1_full", 4, seed=3)
+    guides = Guides(world, 0.0, "needs", seed=0)
+    network = torch.full((4,), 4)
+    assert guides.count == 0 and torch.equal(guides.act(world, network), network)
+    assert torch.equal(guides.advice, NeedsPolicy(world).act(world))
 
 
 def test_a_small_share_still_guides_one_agent_and_bad_settings_are_refused() -> None:
     world = World("L2_partial_fixed", 8)
     assert Guides(world, 0.01).count == 1
-    with pytest.raises(ValueError, match=r"guides\.fraction: 1\.0 must be in \(0, 1\)"):
+    with pytest.raises(ValueError, match=r"guides\.fraction: 1\.0 must be in \[0, 1\)"):
         Guides(world, 1.0)
     with pytest.raises(ValueError, match=r"guides\.policy: 'random' is not a needs policy"):
         Guides(world, 0.5, "random")

@@ -117,6 +117,7 @@ class SBatch:
     continuation: None = None
     start: None = None
     demo: Tensor | None = None
+    advice: Tensor | None = None
 
 
 def nets() -> tuple[RecurrentQNetwork, RecurrentQNetwork]:
@@ -342,13 +343,15 @@ def test_join_continuation_fills_the_steps_after_the_first_episode_end() -> None
     row 2 ended in the burn-in (step 1), so all its training steps come from the continuation."""
     own = torch.tensor([[10.0, 11, 12, 13], [20, 21, 22, 23], [30, 31, 32, 33]])
     nxt = torch.arange(21.0).view(3, 7) + 100
-    td = SequenceTD(own, -own, torch.tensor([[True, False, False, False], [True] * 4, [False] * 4]), own / 10, own)
+    td = SequenceTD(own, -own, torch.tensor([[True, False, False, False], [True] * 4, [False] * 4]), own / 5, own / 10,
+                    own)  # fmt: skip
     next_valid = torch.tensor([[True, True, False, False, False, False, False], [False] * 7, [True] * 5 + [False] * 2])
-    joined = join_continuation(td, SequenceTD(nxt, -nxt, next_valid, nxt / 10, nxt), torch.tensor([4, 7, 2]), 3)
+    joined = join_continuation(td, SequenceTD(nxt, -nxt, next_valid, nxt / 5, nxt / 10, nxt), torch.tensor([4, 7, 2]), 3)
     assert joined.valid.tolist() == [[True, True, True, False], [True] * 4, [True] * 4]
     want = torch.tensor([[10.0, 100, 101], [20, 21, 22], [115, 116, 117]])
     assert torch.equal(joined.q_taken[:, :3], want) and torch.equal(joined.targets[:, :3], -want)
-    assert torch.equal(joined.q_other[:, :3], want / 10)  # the imitation loss's other actions follow the same steps
+    # the imitation loss's pieces follow the same steps
+    assert torch.equal(joined.q_demo[:, :3], want / 5) and torch.equal(joined.q_other[:, :3], want / 10)
     assert torch.equal(joined.q_taken[1], own[1]) and float(joined.q_taken[2, 3]) == 118.0
     assert joined.q_online is own
 
@@ -373,10 +376,31 @@ def test_large_margin_loss_matches_a_stepwise_reference() -> None:
             best = torch.where(batch.masks[b, t], q[b, t] + margins, -1e9).max()
             gaps.append(max(float(best - q[b, t, a]), 0.0))
     assert len(gaps) == 4 + 3  # row 0's four training steps, row 2's three up to its truncation
-    assert float(loss) == pytest.approx(sum(gaps) / len(gaps), abs=1e-5)
+    assert float(loss.detach()) == pytest.approx(sum(gaps) / len(gaps), abs=1e-5)
     loss.backward()  # it trains the online net
     assert any(p.grad is not None and bool(p.grad.abs().sum() > 0) for p in online.parameters())
-    assert float(large_margin_loss(td, torch.zeros(B, dtype=torch.bool), 0.8)) == 0.0
+    assert float(large_margin_loss(td, torch.zeros(B, dtype=torch.bool), 0.8).detach()) == 0.0
     # a demonstrated action that already leads by the margin costs nothing
-    lead = replace(td, q_taken=td.q_other.detach() + 0.8)
-    assert float(large_margin_loss(lead, demo, 0.8)) == 0.0
+    lead = replace(td, q_demo=td.q_other.detach() + 0.8)
+    assert float(large_margin_loss(lead, demo, 0.8).detach()) == 0.0
+
+
+def test_large_margin_loss_follows_the_advice_where_the_batch_holds_it() -> None:
+    """With stored advice (DAgger-style labels) the demonstrated action is the advised one, not the taken one."""
+    online, target = nets()
+    batch = sequence_batch()
+    batch.advice = (batch.actions + 1) % 5
+    td = sequence_td(batch, online, target, BURN, GAMMA)
+    q = stepwise_q(online, batch)
+    everyone = torch.ones(B, dtype=torch.bool)
+    gaps = []
+    for b in range(B):
+        for j in range(TRAIN):
+            t = BURN + j
+            if batch.valid[b, t]:
+                a = int(batch.advice[b, t])
+                best = torch.where(batch.masks[b, t] & (torch.arange(5) != a), q[b, t], -1e9).max()
+                gaps.append(max(float(best + 0.5 - q[b, t, a]), 0.0))
+    assert float(large_margin_loss(td, everyone, 0.5).detach()) == pytest.approx(sum(gaps) / len(gaps), abs=1e-5)
+    taken = sequence_td(replace(batch, advice=None), online, target, BURN, GAMMA)
+    assert not torch.allclose(td.q_demo, taken.q_demo) and torch.equal(td.q_taken, taken.q_taken)

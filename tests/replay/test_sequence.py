@@ -492,3 +492,23 @@ def test_state_dict_round_trip_restores_contents_counters_and_priorities(stream_
     assert torch.equal(x.indices, y.indices) and torch.equal(x.obs, y.obs) and torch.equal(x.weights, y.weights)
     with pytest.raises(ValueError, match="different capacity"):
         make(20, 2, 3, prioritized=True).load_state_dict(a.state_dict())
+
+
+def test_advice_is_stored_per_step_and_sampled_with_the_sequence(stream_factory) -> None:
+    """With advice=True every step keeps the action a guide would have taken there; the sampled [B, T] advice
+    is the stream's, step for step, and a replay without it refuses advice (and vice versa)."""
+    stream = stream_factory(40, 3, 3)
+    buf = make(3 * 40, 3, 3, advice=True)
+    advice = [(torch.arange(3) * 2 + t) % A for t in range(40)]
+    for t in range(40):
+        buf.add(**stream.sequence_args(t), advice=advice[t])
+    batch = buf.sample(64, torch.Generator().manual_seed(0))
+    for i in range(64):
+        k, env = divmod(int(batch.indices[i]), buf.num_envs)
+        want = [int(advice[k * buf.stride + j][env]) for j in range(buf.burn_in + buf.train_len)]
+        assert batch.advice[i].tolist() == want
+    with pytest.raises(ValueError, match=r"advice: required \(the replay was built with advice=True\)"):
+        buf.add(**stream.sequence_args(0))
+    with pytest.raises(ValueError, match=r"advice: not stored"):
+        make(3 * 40, 3, 3).add(**stream.sequence_args(0), advice=advice[0])
+    assert make(24, 2, 3)._advice.numel() == 0  # no memory spent without advice

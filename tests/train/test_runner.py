@@ -325,7 +325,35 @@ def test_imitation_marks_the_guided_agents_sequences_as_demonstrations(tmp_path)
 
 
 def test_imitation_needs_guides_and_a_sequence_learner():
-    with pytest.raises(ConfigError, match=r"guides\.imitation: needs guides .* got fraction 0\.0"):
+    with pytest.raises(ConfigError, match=r"guides\.imitation: needs demonstrations .* got fraction 0\.0"):
         load_run_config("L2_partial", {"guides": {"imitation": 1.0}})
     with pytest.raises(ConfigError, match=r"guides\.imitation: .* network\.kind 'mlp'"):
         load_run_config("L1_full", {"guides": {"fraction": 0.1, "imitation": 1.0}})
+
+
+def test_imitating_every_agent_stores_the_guides_advice_for_every_step(tmp_path):
+    """imitate: all labels every agent's steps with what the guide policy would have done there (DAgger): the
+    replay holds that advice, every sampled sequence is a demonstration, and where the agent was a guide the
+    advice is the action it took."""
+    guides = {"fraction": 0.25, "policy": "needs-memory", "imitation": 1.0, "imitate": "all"}
+    trainer = Trainer(small_config("L2_partial", 800, **RECURRENT, guides=guides), tmp_path)
+    assert trainer.replay.advice
+    seen = []
+    update = trainer.learner.update
+
+    def spy(batch):
+        seen.append(batch)
+        return update(batch)
+
+    trainer.learner.update = spy
+    trainer.run()
+    assert seen and "imitation" in trainer.last_stats
+    for batch in seen:
+        assert batch.demo.all() and batch.advice.shape == batch.actions.shape
+        guided = (batch.indices % 8 >= 6).view(-1, 1) & batch.valid
+        assert torch.equal(batch.advice[guided], batch.actions[guided])
+    differs = [bool((b.advice != b.actions)[(b.indices % 8 < 6).view(-1, 1) & b.valid].any()) for b in seen]
+    assert any(differs)  # the network's own agents do not always do what the guide advises
+    # advice alone: nobody is guided, and the metrics keep every agent
+    alone = load_run_config("L2_partial", {"guides": {"fraction": 0.0, "imitation": 1.0, "imitate": "all"}})
+    assert alone.guides.fraction == 0.0

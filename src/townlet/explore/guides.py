@@ -22,23 +22,31 @@ from townlet.world.policies import NeedsPolicy, make_policy
 
 
 class Guides:
-    """The last `round(fraction * N)` agents of `world` follow the scripted `policy` (a needs policy)."""
+    """The last `round(fraction * N)` agents of `world` follow the scripted `policy` (a needs policy).
+
+    The policy runs for every agent each step, so `advice` [N] holds, after each `act`, what it chose for
+    everyone: the guided agents' actions, and for the others what a guide would have done in their place
+    (labels for imitation on the network's own states). With fraction 0 nobody is guided and only the
+    advice is used.
+    """
 
     def __init__(self, world: World, fraction: float, policy: str = "needs-memory", seed: int = 0) -> None:
-        if not 0.0 < fraction < 1.0:
-            raise ValueError(f"guides.fraction: {fraction} must be in (0, 1)")
+        if not 0.0 <= fraction < 1.0:
+            raise ValueError(f"guides.fraction: {fraction} must be in [0, 1)")
         scripted = make_policy(policy, world, seed)
         if not isinstance(scripted, NeedsPolicy):
             raise ValueError(f"guides.policy: {policy!r} is not a needs policy (needs, needs-memory, needs-view)")
         self.policy = scripted
         n = world.num_agents
-        self.count = max(1, round(fraction * n))
+        self.count = max(1, round(fraction * n)) if fraction > 0 else 0
         self.first = n - self.count  # agents first .. N-1 are guided
         self.guided = torch.arange(n, device=world.device) >= self.first  # [N] bool
+        self.advice = torch.zeros(n, dtype=torch.long, device=world.device)
 
     def act(self, world: World, actions: Tensor) -> Tensor:
         """The network's `actions` [N], with the guided agents' replaced by the scripted policy's."""
-        return torch.where(self.guided, self.policy.act(world), actions)
+        self.advice = self.policy.act(world)
+        return torch.where(self.guided, self.advice, actions)
 
     def is_guided(self, agent: int) -> bool:
         return agent >= self.first

@@ -43,3 +43,4 @@ class SequenceBatchLike(Protocol):
     continuation: SequenceBatchLike | None
     start: Tensor | None  # [B] int64, on a continuation
     demo: Tensor | None  # [B] bool: the sequence's actions are a guide's demonstration (or None: none are)
+    advice: Tensor | None  # [B, T] int64: what a guide would have done at each step (or None)

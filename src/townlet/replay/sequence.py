@@ -51,6 +51,8 @@ class SequenceBatch:
     # [B] bool: the sequence comes from a guided agent, so its actions are a demonstration (set by the runner,
     # which knows the guides; the replay does not). None: no demonstrations in this batch
     demo: Tensor | None = field(default=None)
+    # [B, T] int64: the action a guide would have taken at each step (replay built with `advice`), else None
+    advice: Tensor | None = field(default=None)
 
 
 class SequenceReplay(RingState):
@@ -70,6 +72,9 @@ class SequenceReplay(RingState):
     start (where the true LSTM state is zero). Learning from both trains every stored step, as R2D2's cutting
     at episode starts does; without it the first burn_in to burn_in + stride - 1 steps of every episode are
     never a training step.
+
+    With `advice` every step also stores the action a scripted guide would have taken there (`add(...,
+    advice=)`), for imitation on the agents' own states (DAgger).
     """
 
     def __init__(
@@ -91,6 +96,7 @@ class SequenceReplay(RingState):
         importance_beta: float = 0.4,
         priority_eps: float = 1e-6,
         split_episodes: bool = False,
+        advice: bool = False,
     ) -> None:
         stride = train_len if stride is None else stride
         for name, value, low in [
@@ -140,6 +146,8 @@ class SequenceReplay(RingState):
         self._actions = torch.zeros(rows, num_envs, dtype=action_dtype(num_actions), device=dev)
         self._rewards = torch.zeros(rows, num_envs, dtype=torch.float32, device=dev)
         self._intrinsic = torch.zeros(rows, num_envs, dtype=torch.float32, device=dev)
+        self.advice = advice
+        self._advice = torch.zeros(rows if advice else 0, num_envs, dtype=action_dtype(num_actions), device=dev)
         self._terminated = torch.zeros(rows, num_envs, dtype=torch.bool, device=dev)
         self._truncated = torch.zeros(rows, num_envs, dtype=torch.bool, device=dev)
         state_shape = (lstm_layers, self.num_slots, num_envs, hidden_size)
@@ -181,6 +189,7 @@ class SequenceReplay(RingState):
             self._weight,
             self._max_priority,
             self._intrinsic,
+            self._advice,
         ]
 
     @property
@@ -203,13 +212,15 @@ class SequenceReplay(RingState):
         c: Tensor,
         *,
         intrinsic: Tensor | None = None,
+        advice: Tensor | None = None,
     ) -> None:
         """Store one step of all agents.
 
         obs/mask: what the agents acted on; h, c [layers, N, hidden]: the rollout LSTM state before consuming
         obs (zeros at an episode start), kept only at sequence-start rows. final_obs/final_mask are read only
         where terminated | truncated. `intrinsic` [N] float: the step's intrinsic (curiosity) rewards, stored
-        apart from the extrinsic `rewards` (zeros when omitted).
+        apart from the extrinsic `rewards` (zeros when omitted). `advice` [N] int: what a guide would have done
+        on obs; required, and only accepted, when the replay was built with `advice=True`.
         """
         n, d, a = self.num_envs, self.obs_dim, self.num_actions
         state = (self.lstm_layers, n, self.hidden_size)
@@ -225,6 +236,11 @@ class SequenceReplay(RingState):
         check("c", c, state, "float", what=" [lstm_layers, num_envs, hidden_size]")
         if intrinsic is not None:
             check("intrinsic", intrinsic, (n,), "float")
+        if (advice is not None) is not self.advice:
+            need = "required" if self.advice else "not stored"
+            raise ValueError(f"advice: {need} (the replay was built with advice={self.advice})")
+        if advice is not None:
+            check("advice", advice, (n,), "int")
         g = self._total
         row = g % self.rows
         if g % self.stride == 0:  # a sequence starts here: it replaces (invalidates) the slot's old one
@@ -238,6 +254,8 @@ class SequenceReplay(RingState):
         self._mask[row].copy_(mask)
         self._final_mask[row].copy_(final_mask)
         self._actions[row].copy_(actions)
+        if advice is not None:
+            self._advice[row].copy_(advice)
         self._rewards[row].copy_(rewards)
         if intrinsic is None:
             self._intrinsic[row].zero_()
@@ -326,6 +344,7 @@ class SequenceReplay(RingState):
             weights=weights,
             indices=indices,
             intrinsic=self._intrinsic.view(-1)[steps],
+            advice=self._advice.view(-1)[steps].long() if self.advice else None,
         )
 
     # ------------------------------------------------------------------ write-back

@@ -105,13 +105,16 @@ class GuidesConfig(_Strict):
     so replay holds from the start what a policy that works before its money runs out does, for the learner to
     value off-policy. Their episodes stay out of the training metrics; evaluation is the network alone.
     `needs-memory` knows only the affordances its window has shown this episode; `needs` reads the layout.
-    `imitation` > 0 (recurrent learners) also trains the network to prefer the guides' actions by `margin`
-    (DQfD's large-margin loss, weighted by `imitation` beside the TD loss)."""
+    `imitation` > 0 (recurrent learners) also trains the network to prefer the guide's action by `margin`
+    (DQfD's large-margin loss, weighted by `imitation` beside the TD loss): on the guided agents' own steps
+    (`imitate: guided`), or on every agent's steps, labelled with what the guide policy would have done there
+    (`imitate: all`, DAgger-style; then `fraction` may be 0)."""
 
     fraction: float = Field(default=0.0, ge=0.0, lt=1.0)
     policy: Literal["needs", "needs-memory", "needs-view"] = "needs-memory"
     imitation: float = Field(default=0.0, ge=0.0, description="weight of the large-margin loss (DQfD's 1.0)")
     margin: float = Field(default=0.8, gt=0.0, description="how far the guide's action must lead (DQfD's 0.8)")
+    imitate: Literal["guided", "all"] = "guided"
 
 
 class CuriosityConfig(_Strict):
@@ -184,10 +187,12 @@ class RunConfig(_Strict):
             raise ValueError("steps/minutes: give at least one budget")
         if self.exploration.end > self.exploration.start:
             raise ValueError("exploration.end: must not exceed exploration.start")
-        if self.guides.imitation > 0 and (self.guides.fraction == 0 or self.network.kind == "mlp"):
+        g = self.guides
+        if g.imitation > 0 and ((g.fraction == 0 and g.imitate == "guided") or self.network.kind == "mlp"):
             raise ValueError(
-                "guides.imitation: needs guides (guides.fraction > 0) and a sequence learner (network.kind lstm "
-                f"or feedforward); got fraction {self.guides.fraction}, network.kind {self.network.kind!r}"
+                "guides.imitation: needs demonstrations (guides.fraction > 0, or guides.imitate: all) and a sequence "
+                f"learner (network.kind lstm or feedforward); got fraction {g.fraction}, imitate {g.imitate!r}, "
+                f"network.kind {self.network.kind!r}"
             )
         return self
 

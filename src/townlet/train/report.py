@@ -305,8 +305,10 @@ def _feature_rows(config: Any) -> list[str]:
     guides = getattr(config, "guides", None)
     if guides is not None:
         state = f"{guides.fraction:.0%} of the agents follow {guides.policy}" if guides.fraction > 0 else "off"
-        if guides.fraction > 0 and guides.imitation > 0:
-            state += f", imitated (large margin {guides.margin:g}, weight {guides.imitation:g})"
+        if guides.imitation > 0:
+            whose = "on every agent's steps" if guides.imitate == "all" else "on the guided agents' steps"
+            state += (f"; {guides.policy} imitated {whose} (large margin {guides.margin:g}, "
+                      f"weight {guides.imitation:g})")
         rows.append(f"| guides | {state} (not in the training metrics) |")
     return rows
 

@@ -128,7 +128,9 @@ class Trainer:
         if config.exploring_starts.probability > 0:
             self.world.set_random_starts(config.exploring_starts.probability)
         gc = config.guides
-        self.guides = Guides(self.world, gc.fraction, gc.policy, config.seed + 4) if gc.fraction > 0 else None
+        self.advised = gc.imitation > 0 and gc.imitate == "all"  # every step stored with the guide's advice
+        use_guides = gc.fraction > 0 or self.advised
+        self.guides = Guides(self.world, gc.fraction, gc.policy, config.seed + 4) if use_guides else None
         self.recurrent = config.network.kind != "mlp"  # lstm and feedforward both learn on sequences
         self.network = build_network(config, self.world).to(self.device)
         lc, rc = config.learner, config.replay
@@ -151,7 +153,7 @@ class Trainer:
             self.replay: TransitionReplay | SequenceReplay = SequenceReplay(
                 rc.capacity, n, self.world.obs_layout, burn_in=rc.burn_in, train_len=rc.train_len,
                 stride=rc.stride, hidden_size=config.network.lstm_hidden, device=self.device,
-                prioritized=rc.prioritized, split_episodes=rc.split_episodes,
+                prioritized=rc.prioritized, split_episodes=rc.split_episodes, advice=self.advised,
             )
             self.actor: RecurrentActor | None = RecurrentActor(self.network, n, self.device, self.act_gen)
             self.transitions_per_update = lc.batch_size * rc.train_len
@@ -343,8 +345,9 @@ class Trainer:
             self.intrinsic_sum += intrinsic.sum()
             self.intrinsic_steps += world.num_agents
         if isinstance(self.replay, SequenceReplay):
+            advice = self.guides.advice if self.advised else None
             self.replay.add(obs, mask, actions, reward, terminated, truncated, info["final_obs"],
-                            info["final_mask"], step.h, step.c, intrinsic=intrinsic)
+                            info["final_mask"], step.h, step.c, intrinsic=intrinsic, advice=advice)
             self.actor.reset(done)
         else:
             self.replay.add(obs, mask, actions, reward, after, torch.where(ended, info["final_mask"], next_mask),
@@ -370,7 +373,9 @@ class Trainer:
         while self.update_credit >= 1.0:
             self.update_credit -= 1.0
             batch = self.replay.sample(lc.batch_size, self.sample_gen)
-            if self.guides is not None and isinstance(self.replay, SequenceReplay):
+            if self.advised:  # every sequence holds the guide's advice for its steps
+                batch.demo = torch.ones_like(batch.indices, dtype=torch.bool)
+            elif self.guides is not None and isinstance(self.replay, SequenceReplay):
                 batch.demo = self.guides.guided[batch.indices % self.world.num_agents]  # ids are k * N + agent
             if self.annealing is not None:
                 batch = with_intrinsic(batch, self.annealing.weight)  # combined now, stored apart
