@@ -304,12 +304,15 @@ def _feature_rows(config: Any) -> list[str]:
         rows.append(f"| curiosity | {state} |")
     guides = getattr(config, "guides", None)
     if guides is not None:
-        state = f"{guides.fraction:.0%} of the agents follow {guides.policy}" if guides.fraction > 0 else "off"
+        if guides.fraction > 0:
+            state = f"{guides.fraction:.0%} of the agents follow {guides.policy} (not in the training metrics)"
+        else:
+            state = f"no agent follows {guides.policy}" if guides.imitation > 0 else "off"
         if guides.imitation > 0:
-            whose = "on every agent's steps" if guides.imitate == "all" else "on the guided agents' steps"
-            state += (f"; {guides.policy} imitated {whose} (large margin {guides.margin:g}, "
+            what = "advice on every agent's steps" if guides.imitate == "all" else "actions on the guided agents' steps"
+            state += (f"; the network imitates its {what} (large margin {guides.margin:g}, "
                       f"weight {guides.imitation:g})")
-        rows.append(f"| guides | {state} (not in the training metrics) |")
+        rows.append(f"| guides | {state} |")
     return rows
 
 
