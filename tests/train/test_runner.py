@@ -354,6 +354,6 @@ def test_imitating_every_agent_stores_the_guides_advice_for_every_step(tmp_path)
         assert torch.equal(batch.advice[guided], batch.actions[guided])
     differs = [bool((b.advice != b.actions)[(b.indices % 8 < 6).view(-1, 1) & b.valid].any()) for b in seen]
     assert any(differs)  # the network's own agents do not always do what the guide advises
-    # advice alone: nobody is guided, and the metrics keep every agent
-    alone = load_run_config("L2_partial", {"guides": {"fraction": 0.0, "imitation": 1.0, "imitate": "all"}})
-    assert alone.guides.fraction == 0.0
+    # advice alone: nobody is guided (so no episode is left out of the metrics), yet every step is advised
+    alone = Trainer(small_config("L2_partial", 800, **RECURRENT, guides={**guides, "fraction": 0.0}), tmp_path / "a")
+    assert alone.guides.count == 0 and not alone.guides.guided.any() and alone.replay.advice
