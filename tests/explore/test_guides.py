@@ -9,7 +9,7 @@ import torch
 from townlet.explore.guides import Guides
 from townlet.train import Trainer, load_run_config, parse_overrides
 from townlet.train.metrics import read_metrics
-from townlet.world import ConfigError, World
+from townlet.world import NUM_ACTIONS, ConfigError, World
 from townlet.world.policies import NeedsPolicy
 
 
@@ -31,6 +31,26 @@ def test_without_guided_agents_the_guides_only_advise() -> None:
     network = torch.full((4,), 4)
     assert guides.count == 0 and torch.equal(guides.act(world, network), network)
     assert torch.equal(guides.advice, NeedsPolicy(world).act(world))
+
+
+def test_purposeful_only_advice_leaves_the_random_moves_unlabelled() -> None:
+    """On a random layout the memory policy wanders until it has seen what it needs: those steps get the
+    no-label advice NUM_ACTIONS, the others its action; the guided agents still act by the policy."""
+    world = World("L2_partial", 64, seed=3)
+    world.reset()
+    guides = Guides(world, 0.5, "needs-memory", seed=0, purposeful_only=True)
+    twin = NeedsPolicy(world, knowledge="memory", seed=0)
+    labelled = unlabelled = 0
+    for _ in range(40):
+        chosen = twin.act(world)
+        actions = guides.act(world, torch.full((64,), 4))
+        purposeful = twin.purposeful
+        assert torch.equal(guides.advice, torch.where(purposeful, chosen, NUM_ACTIONS))
+        assert torch.equal(actions[32:], chosen[32:]) and bool((actions[:32] == 4).all())
+        labelled += int(purposeful.sum())
+        unlabelled += int((~purposeful).sum())
+        world.step(actions)
+    assert labelled > 0 and unlabelled > 0
 
 
 def test_a_small_share_still_guides_one_agent_and_bad_settings_are_refused() -> None:

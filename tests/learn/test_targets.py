@@ -344,14 +344,16 @@ def test_join_continuation_fills_the_steps_after_the_first_episode_end() -> None
     own = torch.tensor([[10.0, 11, 12, 13], [20, 21, 22, 23], [30, 31, 32, 33]])
     nxt = torch.arange(21.0).view(3, 7) + 100
     td = SequenceTD(own, -own, torch.tensor([[True, False, False, False], [True] * 4, [False] * 4]), own / 5, own / 10,
-                    own)  # fmt: skip
+                    own, own.long() % 2 == 0)  # fmt: skip
     next_valid = torch.tensor([[True, True, False, False, False, False, False], [False] * 7, [True] * 5 + [False] * 2])
-    joined = join_continuation(td, SequenceTD(nxt, -nxt, next_valid, nxt / 5, nxt / 10, nxt), torch.tensor([4, 7, 2]), 3)
+    joined = join_continuation(td, SequenceTD(nxt, -nxt, next_valid, nxt / 5, nxt / 10, nxt, nxt.long() % 2 == 0),
+                               torch.tensor([4, 7, 2]), 3)  # fmt: skip
     assert joined.valid.tolist() == [[True, True, True, False], [True] * 4, [True] * 4]
     want = torch.tensor([[10.0, 100, 101], [20, 21, 22], [115, 116, 117]])
     assert torch.equal(joined.q_taken[:, :3], want) and torch.equal(joined.targets[:, :3], -want)
     # the imitation loss's pieces follow the same steps
     assert torch.equal(joined.q_demo[:, :3], want / 5) and torch.equal(joined.q_other[:, :3], want / 10)
+    assert torch.equal(joined.advised[:, :3], want.long() % 2 == 0)  # which steps have a label follows too
     assert torch.equal(joined.q_taken[1], own[1]) and float(joined.q_taken[2, 3]) == 118.0
     assert joined.q_online is own
 
@@ -404,3 +406,30 @@ def test_large_margin_loss_follows_the_advice_where_the_batch_holds_it() -> None
     assert float(large_margin_loss(td, everyone, 0.5).detach()) == pytest.approx(sum(gaps) / len(gaps), abs=1e-5)
     taken = sequence_td(replace(batch, advice=None), online, target, BURN, GAMMA)
     assert not torch.allclose(td.q_demo, taken.q_demo) and torch.equal(td.q_taken, taken.q_taken)
+
+
+def test_large_margin_loss_skips_the_steps_without_advice() -> None:
+    """Advice NUM_ACTIONS means the guide had no purpose there (a random move): those steps are no labels, and
+    the loss averages over the advised valid steps only."""
+    online, target = nets()
+    batch = sequence_batch()
+    advice = (batch.actions + 1) % 5
+    advice[:, ::2] = 5  # every other step unlabelled
+    batch.advice = advice
+    td = sequence_td(batch, online, target, BURN, GAMMA)
+    assert torch.equal(td.advised, advice[:, BURN:] < 5)
+    q = stepwise_q(online, batch)
+    gaps = []
+    for b in range(B):
+        for j in range(TRAIN):
+            t = BURN + j
+            if batch.valid[b, t] and int(advice[b, t]) < 5:
+                a = int(advice[b, t])
+                best = torch.where(batch.masks[b, t] & (torch.arange(5) != a), q[b, t], -1e9).max()
+                gaps.append(max(float(best + 0.8 - q[b, t, a]), 0.0))
+    assert 0 < len(gaps) < int(batch.valid[:, BURN:].sum())
+    loss = large_margin_loss(td, torch.ones(B, dtype=torch.bool), 0.8)
+    assert float(loss.detach()) == pytest.approx(sum(gaps) / len(gaps), abs=1e-5)
+    batch.advice = torch.full_like(advice, 5)  # no label anywhere: nothing to imitate
+    none = sequence_td(batch, online, target, BURN, GAMMA)
+    assert float(large_margin_loss(none, torch.ones(B, dtype=torch.bool), 0.8).detach()) == 0.0

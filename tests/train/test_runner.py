@@ -23,7 +23,7 @@ from townlet.train.checkpoint import (
     save_checkpoint,
 )
 from townlet.train.metrics import read_metrics
-from townlet.world import ConfigError
+from townlet.world import NUM_ACTIONS, ConfigError
 
 SMALL = {
     "agents": 8,
@@ -357,3 +357,27 @@ def test_imitating_every_agent_stores_the_guides_advice_for_every_step(tmp_path)
     # advice alone: nobody is guided (so no episode is left out of the metrics), yet every step is advised
     alone = Trainer(small_config("L2_partial", 800, **RECURRENT, guides={**guides, "fraction": 0.0}), tmp_path / "a")
     assert alone.guides.count == 0 and not alone.guides.guided.any() and alone.replay.advice
+
+
+def test_purposeful_imitation_labels_only_the_guides_purposeful_steps(tmp_path):
+    """imitate: purposeful stores the no-label advice NUM_ACTIONS where the guide policy would only wander; the
+    guided agents' purposeful steps are still labelled with the action they took, and imitation still trains."""
+    guides = {"fraction": 0.25, "policy": "needs-memory", "imitation": 1.0, "imitate": "purposeful"}
+    trainer = Trainer(small_config("L2_partial", 800, **RECURRENT, guides=guides), tmp_path)
+    assert trainer.replay.advice and trainer.guides.purposeful_only
+    seen = []
+    update = trainer.learner.update
+
+    def spy(batch):
+        seen.append(batch)
+        return update(batch)
+
+    trainer.learner.update = spy
+    trainer.run()
+    assert seen and "imitation" in trainer.last_stats and float(trainer.last_stats["imitation"]) > 0
+    advice = torch.cat([b.advice[b.valid] for b in seen])
+    unlabelled = float((advice == NUM_ACTIONS).float().mean())
+    assert 0.2 < unlabelled < 0.95  # the random moves (about half the steps on L2_partial) carry no label
+    for batch in seen:
+        guided = (batch.indices % 8 >= 6).view(-1, 1) & batch.valid & (batch.advice < NUM_ACTIONS)
+        assert torch.equal(batch.advice[guided], batch.actions[guided])

@@ -114,8 +114,10 @@ def test_memory_policy_walks_back_to_a_remembered_bed_and_view_policy_wanders():
     place(world, (6, 3), TIRED)  # 5 cells right of the Bed: out of view
     world.steps = torch.ones(n, dtype=torch.long)
     assert torch.all(memory.act(world) == LEFT)  # straight back towards (1, 1)
+    assert bool(memory.purposeful.all())  # heading for a needed place it knows
     wander = view.act(world)
     assert set(wander.tolist()) <= {UP, DOWN, LEFT, RIGHT} and len(set(wander.tolist())) > 1  # random moves
+    assert not bool(view.purposeful.any())  # random moves are no purpose an imitator could learn
     assert torch.all(NeedsPolicy(world).act(world) == LEFT)  # full knowledge needs no memory
 
 

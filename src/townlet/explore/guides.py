@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from townlet.world import World
+from townlet.world import NUM_ACTIONS, World
 from townlet.world.policies import NeedsPolicy, make_policy
 
 
@@ -27,10 +27,14 @@ class Guides:
     The policy runs for every agent each step, so `advice` [N] holds, after each `act`, what it chose for
     everyone: the guided agents' actions, and for the others what a guide would have done in their place
     (labels for imitation on the network's own states). With fraction 0 nobody is guided and only the
-    advice is used.
+    advice is used. With `purposeful_only` the advice is `NUM_ACTIONS` (no label) where the policy has
+    no purpose (`NeedsPolicy.purposeful`: a random move), so imitation learns only what can be predicted.
     """
 
-    def __init__(self, world: World, fraction: float, policy: str = "needs-memory", seed: int = 0) -> None:
+    def __init__(
+        self, world: World, fraction: float, policy: str = "needs-memory", seed: int = 0,
+        purposeful_only: bool = False,
+    ) -> None:
         if not 0.0 <= fraction < 1.0:
             raise ValueError(f"guides.fraction: {fraction} must be in [0, 1)")
         scripted = make_policy(policy, world, seed)
@@ -42,11 +46,14 @@ class Guides:
         self.first = n - self.count  # agents first .. N-1 are guided
         self.guided = torch.arange(n, device=world.device) >= self.first  # [N] bool
         self.advice = torch.zeros(n, dtype=torch.long, device=world.device)
+        self.purposeful_only = purposeful_only
+        self.no_advice = NUM_ACTIONS
 
     def act(self, world: World, actions: Tensor) -> Tensor:
         """The network's `actions` [N], with the guided agents' replaced by the scripted policy's."""
-        self.advice = self.policy.act(world)
-        return torch.where(self.guided, self.advice, actions)
+        chosen = self.policy.act(world)
+        self.advice = torch.where(self.policy.purposeful, chosen, self.no_advice) if self.purposeful_only else chosen
+        return torch.where(self.guided, chosen, actions)
 
     def is_guided(self, agent: int) -> bool:
         return agent >= self.first

@@ -54,6 +54,7 @@ class SequenceTD:
     q_demo: Tensor  # [B, L], with gradient: online Q of the demonstrated action (the advice, else the taken one)
     q_other: Tensor  # [B, L], with gradient: the best online Q among the other valid actions (very low if none)
     q_online: Tensor  # [B, L + 1, A] online Q of obs[:, burn_in:], with gradient
+    advised: Tensor  # [B, L] bool: the step has a demonstrated action (advice A, the action count, means none)
 
 
 def _sanitize(batch: SequenceBatchLike) -> tuple[Tensor, Tensor]:
@@ -193,8 +194,12 @@ def _td(
     valid_t = valid[:, train]
     actions = batch.actions[:, train]
     q_taken = q_online[:, :-1].gather(-1, actions.unsqueeze(-1)).squeeze(-1)
-    # what the imitation loss compares: a guide's advice where the replay holds it, else the action taken
+    # what the imitation loss compares: a guide's advice where the replay holds it (the value A where the
+    # guide gave none), else the action taken
+    num_actions = q_online.shape[-1]
     demo = batch.advice[:, train] if batch.advice is not None else actions
+    advised = demo < num_actions
+    demo = demo.clamp(max=num_actions - 1)
     q_demo = q_online[:, :-1].gather(-1, demo.unsqueeze(-1)).squeeze(-1)
     ids = torch.arange(q_online.shape[-1], device=actions.device)
     others = batch.masks[:, train].bool() & (demo.unsqueeze(-1) != ids)  # valid at obs t, not demonstrated
@@ -213,7 +218,7 @@ def _td(
             double,
         )
         y = torch.where(valid_t, y, torch.zeros_like(y))
-    return SequenceTD(q_taken, y, valid_t, q_demo, q_other, q_online)
+    return SequenceTD(q_taken, y, valid_t, q_demo, q_other, q_online, advised)
 
 
 @torch.no_grad()
@@ -248,6 +253,7 @@ def join_continuation(td: SequenceTD, next_td: SequenceTD, start: Tensor, burn_i
         q_demo=torch.where(td.valid, td.q_demo, next_td.q_demo.gather(1, pick)),
         q_other=torch.where(td.valid, td.q_other, next_td.q_other.gather(1, pick)),
         q_online=td.q_online,
+        advised=torch.where(td.valid, td.advised, next_td.advised.gather(1, pick)),
     )
 
 
@@ -262,10 +268,10 @@ def sequence_loss(td: SequenceTD, weights: Tensor, delta: float = 1.0) -> tuple[
 
 def large_margin_loss(td: SequenceTD, demo: Tensor, margin: float) -> Tensor:
     """DQfD's supervised loss, max_a [Q(s, a) + margin * (a != a_E)] - Q(s, a_E), averaged over the valid
-    training steps of the `demo` [B] sequences (0 if there are none). a_E is the guide's advice where the
-    replay stores it (every agent's steps, DAgger-style), else the action the (guided) agent took. It is 0
-    once a_E leads every other valid action by the margin."""
-    steps = td.valid & demo.view(-1, 1)
+    training steps of the `demo` [B] sequences that have an a_E (0 if there are none). a_E is the guide's
+    advice where the replay stores it (every agent's steps, DAgger-style), else the action the (guided) agent
+    took. It is 0 once a_E leads every other valid action by the margin."""
+    steps = td.valid & td.advised & demo.view(-1, 1)
     gap = torch.relu(td.q_other + margin - td.q_demo)
     return torch.where(steps, gap, torch.zeros((), dtype=gap.dtype)).sum() / steps.sum().clamp(min=1)
 

@@ -108,13 +108,15 @@ class GuidesConfig(_Strict):
     `imitation` > 0 (recurrent learners) also trains the network to prefer the guide's action by `margin`
     (DQfD's large-margin loss, weighted by `imitation` beside the TD loss): on the guided agents' own steps
     (`imitate: guided`), or on every agent's steps, labelled with what the guide policy would have done there
-    (`imitate: all`, DAgger-style; then `fraction` may be 0)."""
+    (`imitate: all`, DAgger-style; then `fraction` may be 0), or on every agent's steps where the guide has a
+    purpose (`imitate: purposeful`: it heads for a needed place it knows, or uses one; its random moves, more
+    than half its steps on L2_partial, are no labels)."""
 
     fraction: float = Field(default=0.0, ge=0.0, lt=1.0)
     policy: Literal["needs", "needs-memory", "needs-view"] = "needs-memory"
     imitation: float = Field(default=0.0, ge=0.0, description="weight of the large-margin loss (DQfD's 1.0)")
     margin: float = Field(default=0.8, gt=0.0, description="how far the guide's action must lead (DQfD's 0.8)")
-    imitate: Literal["guided", "all"] = "guided"
+    imitate: Literal["guided", "all", "purposeful"] = "guided"
 
 
 class CuriosityConfig(_Strict):
@@ -190,7 +192,7 @@ class RunConfig(_Strict):
         g = self.guides
         if g.imitation > 0 and ((g.fraction == 0 and g.imitate == "guided") or self.network.kind == "mlp"):
             raise ValueError(
-                "guides.imitation: needs demonstrations (guides.fraction > 0, or guides.imitate: all) and a sequence "
+                "guides.imitation: needs demonstrations (guides.fraction > 0, or guides.imitate: all or purposeful) and a sequence "
                 f"learner (network.kind lstm or feedforward); got fraction {g.fraction}, imitate {g.imitate!r}, "
                 f"network.kind {self.network.kind!r}"
             )

@@ -309,7 +309,11 @@ def _feature_rows(config: Any) -> list[str]:
         else:
             state = f"no agent follows {guides.policy}" if guides.imitation > 0 else "off"
         if guides.imitation > 0:
-            what = "advice on every agent's steps" if guides.imitate == "all" else "actions on the guided agents' steps"
+            what = {
+                "all": "advice on every agent's steps",
+                "purposeful": "advice on every agent's steps where it heads for a known place or uses one",
+                "guided": "actions on the guided agents' steps",
+            }[guides.imitate]
             state += (f"; the network imitates its {what} (large margin {guides.margin:g}, "
                       f"weight {guides.imitation:g})")
         rows.append(f"| guides | {state} |")

@@ -128,9 +128,13 @@ class Trainer:
         if config.exploring_starts.probability > 0:
             self.world.set_random_starts(config.exploring_starts.probability)
         gc = config.guides
-        self.advised = gc.imitation > 0 and gc.imitate == "all"  # every step stored with the guide's advice
+        # every step stored with the guide's advice (with `purposeful`, the action count where it has none)
+        self.advised = gc.imitation > 0 and gc.imitate in ("all", "purposeful")
         use_guides = gc.fraction > 0 or self.advised
-        self.guides = Guides(self.world, gc.fraction, gc.policy, config.seed + 4) if use_guides else None
+        self.guides = (
+            Guides(self.world, gc.fraction, gc.policy, config.seed + 4, purposeful_only=gc.imitate == "purposeful")
+            if use_guides else None
+        )
         self.recurrent = config.network.kind != "mlp"  # lstm and feedforward both learn on sequences
         self.network = build_network(config, self.world).to(self.device)
         lc, rc = config.learner, config.replay

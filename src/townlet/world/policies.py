@@ -67,6 +67,9 @@ class NeedsPolicy:
         self._sight = obs.vision_range if obs.view == "partial" else world.grid_size
         self._seen = torch.zeros(world.num_agents, world.num_affordances, dtype=torch.bool, device=world.device)
         self._generator = torch.Generator(device=world.device).manual_seed(seed)
+        # [N] bool, after each `act`: the action heads for a needed affordance it knows, or uses one; False
+        # where it is a random (or pacing) move, which a learner imitating this policy cannot predict
+        self.purposeful = torch.zeros(world.num_agents, dtype=torch.bool, device=world.device)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """What it remembers this episode and its random stream: enough to continue exactly."""
@@ -122,6 +125,7 @@ class NeedsPolicy:
         step = torch.where(dx > 0, RIGHT, torch.where(dx < 0, LEFT, torch.where(dy > 0, DOWN, UP)))
         arrived = (dx == 0) & (dy == 0)
         action = torch.where(arrived, INTERACT, step)
+        headed = target >= 0
         if self.knowledge == "full":
             # Pace when idle or stuck: the first valid move of LEFT, RIGHT, UP, DOWN.
             pace_order = torch.tensor([LEFT, RIGHT, UP, DOWN], device=dev)
@@ -131,10 +135,12 @@ class NeedsPolicy:
             noise = torch.rand(n, INTERACT, generator=self._generator, device=dev)
             wander = (noise * mask[:, :INTERACT]).argmax(dim=1)  # a random valid move
             known = self._known(world).gather(1, target.clamp(min=0).view(-1, 1)).squeeze(1)
-            action = torch.where((target < 0) | ~known, wander, action)
+            headed = headed & known
+            action = torch.where(~headed, wander, action)
         busy = (world.progress > 0) & mask[:, INTERACT]
         action = torch.where(busy, INTERACT, action)
         valid = mask.gather(1, action.view(-1, 1)).squeeze(1)
+        self.purposeful = (headed | busy) & valid
         return torch.where(valid, action, wander)
 
 
