@@ -192,9 +192,9 @@ class RunConfig(_Strict):
         g = self.guides
         if g.imitation > 0 and ((g.fraction == 0 and g.imitate == "guided") or self.network.kind == "mlp"):
             raise ValueError(
-                "guides.imitation: needs demonstrations (guides.fraction > 0, or guides.imitate: all or purposeful) and a sequence "
-                f"learner (network.kind lstm or feedforward); got fraction {g.fraction}, imitate {g.imitate!r}, "
-                f"network.kind {self.network.kind!r}"
+                "guides.imitation: needs demonstrations (guides.fraction > 0, or guides.imitate: all or purposeful) "
+                f"and a sequence learner (network.kind lstm or feedforward); got fraction {g.fraction}, "
+                f"imitate {g.imitate!r}, network.kind {self.network.kind!r}"
             )
         return self
 
