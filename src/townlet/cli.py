@@ -49,7 +49,8 @@ def policies(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON list instead of a table.")] = False,
 ) -> None:
     """Survival of the scripted reference policies: random valid actions; the needs policy with full knowledge,
-    and on partial views remembering what it saw (needs-memory) or knowing only its window (needs-view)."""
+    and on partial views remembering what it saw (needs-memory), knowing only its window (needs-view), or remembering
+    and searching the cells it has not seen (needs-explore)."""
     try:
         rows = _scripted_table(levels or list(LEVEL_NAMES), episodes, agents, seed, device)
     except ConfigError as e:

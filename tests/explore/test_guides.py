@@ -60,15 +60,16 @@ def test_a_small_share_still_guides_one_agent_and_bad_settings_are_refused() -> 
         Guides(world, 1.0)
     with pytest.raises(ValueError, match=r"guides\.policy: 'random' is not a needs policy"):
         Guides(world, 0.5, "random")
-    with pytest.raises(ConfigError, match=r"guides\.policy: Input should be 'needs', 'needs-memory' or 'needs-view'"):
+    with pytest.raises(ConfigError, match=r"guides\.policy: Input should be 'needs', 'needs-memory', 'needs-view' or 'needs-explore'"):
         load_run_config("L2_partial_fixed", parse_overrides(["guides.policy=oracle"]))
     with pytest.raises(ConfigError, match=r"guides\.fraction"):
         load_run_config("L2_partial_fixed", parse_overrides(["guides.fraction=1.0"]))
 
 
-def test_state_dict_restores_the_memory_policy_exactly() -> None:
+@pytest.mark.parametrize("policy", ["needs-memory", "needs-explore"])
+def test_state_dict_restores_the_memory_policy_exactly(policy: str) -> None:
     world = World("L2_partial", 6, seed=1)
-    guides = Guides(world, 0.5, "needs-memory", seed=2)
+    guides = Guides(world, 0.5, policy, seed=2)
     for _ in range(5):
         world.step(guides.act(world, torch.zeros(6, dtype=torch.long)))
     state = {k: v.clone() for k, v in guides.state_dict().items()}
@@ -76,9 +77,11 @@ def test_state_dict_restores_the_memory_policy_exactly() -> None:
     ahead = guides.act(world, torch.zeros(6, dtype=torch.long))
     world.step(ahead)
     world.load_state_dict(world_state)
-    again = Guides(world, 0.5, "needs-memory", seed=99)
+    again = Guides(world, 0.5, policy, seed=99)
     again.load_state_dict(state)
     assert torch.equal(again.policy._seen, state["seen"])
+    assert torch.equal(again.policy._seen_cells, state["seen_cells"])
+    assert bool(state["seen_cells"].any()) == (policy == "needs-explore")  # only the explorer tracks cells
     assert torch.equal(again.act(world, torch.zeros(6, dtype=torch.long)), ahead)
 
 

@@ -71,7 +71,7 @@ def test_run_episodes_counts_the_uses_of_each_affordance_in_the_counted_episodes
 def test_make_policy_rejects_unknown_names():
     world = World("L0_minimal", 2)
     assert make_policy("needs", world).name == "needs"
-    with pytest.raises(ValueError, match="allowed: random, needs, needs-memory, needs-view"):
+    with pytest.raises(ValueError, match="allowed: random, needs, needs-memory, needs-view, needs-explore"):
         make_policy("oracle", world)
     with pytest.raises(ValueError, match="knowledge"):
         NeedsPolicy(world, knowledge="psychic")  # type: ignore[arg-type]
@@ -79,9 +79,11 @@ def test_make_policy_rejects_unknown_names():
 
 def test_memory_limited_policies_are_offered_only_on_partial_views():
     assert scripted_policies(load_level("L1_full")) == ("random", "needs")
-    assert scripted_policies(load_level("L2_partial")) == ("random", "needs", "needs-memory", "needs-view")
+    assert scripted_policies(load_level("L2_partial")) == (
+        "random", "needs", "needs-memory", "needs-view", "needs-explore")
     world = World("L2_partial_fixed", 2)
-    assert [make_policy(n, world).name for n in scripted_policies(world.config)][2:] == ["needs-memory", "needs-view"]
+    assert [make_policy(n, world).name for n in scripted_policies(world.config)][2:] == [
+        "needs-memory", "needs-view", "needs-explore"]
 
 
 # L2_partial_fixed (vision range 2) uses the fixed layout: the Bed is at (1, 1).
@@ -130,3 +132,54 @@ def test_memory_is_worth_survival_on_a_random_layout():
         stats[name] = run_episodes(world, lambda obs, w, p=policy: p.act(w), 100).summary()
         assert stats[name]["invalid_rate"] == 0.0
     assert stats["needs-memory"]["survival_mean"] > 1.5 * stats["needs-view"]["survival_mean"]
+
+
+RESTED = [1, 1, 1, 1, 1, 1, 1, 1]  # nothing needed, money above the work buffer: no target
+
+
+def test_explorer_walks_to_the_nearest_cell_it_has_not_seen():
+    """From (3, 3) the 5x5 window shows x, y in 1..5; the nearest unseen cells are 3 away, and the first of
+    them in x, y order is (0, 3): LEFT. From (2, 3) column 0 is seen too; the nearest unseen is (2, 0): UP."""
+    world = World("L2_partial_fixed", 3, seed=0)
+    explorer = NeedsPolicy(world, knowledge="explore", seed=0)
+    place(world, (3, 3), RESTED)
+    world.steps = torch.zeros(3, dtype=torch.long)
+    assert explorer.act(world).tolist() == [LEFT] * 3
+    assert bool(explorer.purposeful.all())  # a search an imitator can predict from what it saw
+    assert int(explorer._seen_cells[0].sum()) == 25
+    place(world, (2, 3), RESTED)
+    world.steps = torch.ones(3, dtype=torch.long)
+    assert explorer.act(world).tolist() == [UP] * 3
+    assert int(explorer._seen_cells[0].sum()) == 30  # column 0 for y 1..5 added
+    explorer._seen_cells[:] = True  # everything seen: nothing left to search, so a random move
+    moves = torch.stack([explorer.act(world) for _ in range(20)])
+    assert set(moves.flatten().tolist()) <= {UP, DOWN, LEFT, RIGHT} and len(set(moves.flatten().tolist())) > 1
+    assert not bool(explorer.purposeful.any())
+    place(world, (3, 3), RESTED)
+    world.steps = torch.zeros(3, dtype=torch.long)  # a new episode forgets the cells
+    assert explorer.act(world).tolist() == [LEFT] * 3
+    assert int(explorer._seen_cells[0].sum()) == 25
+
+
+def test_explorer_heads_for_a_known_need_before_searching():
+    world = World("L2_partial_fixed", 2, seed=0)
+    explorer = NeedsPolicy(world, knowledge="explore", seed=0)
+    place(world, (3, 3), TIRED)  # the Bed at (1, 1) is in view
+    world.steps = torch.zeros(2, dtype=torch.long)
+    assert explorer.act(world).tolist() == [LEFT, LEFT]  # x gap first, as the memory policy does
+    place(world, (7, 7), TIRED)
+    world.steps = torch.zeros(2, dtype=torch.long)  # a new episode far from the Bed: search instead
+    assert explorer.act(world).tolist() == [LEFT, LEFT]  # nearest unseen from (7, 7): (4, 7) and (7, 4); x first
+    assert bool(explorer.purposeful.all())
+
+
+def test_searching_finds_the_places_sooner_than_moving_at_random():
+    """On L2_partial the explorer lives longer than the memory policy that moves at random when it knows no
+    place to go: the two differ only in how they search."""
+    stats = {}
+    for name in ("needs-memory", "needs-explore"):
+        world = World("L2_partial", 100, seed=0)
+        policy = make_policy(name, world, seed=0)
+        stats[name] = run_episodes(world, lambda obs, w, p=policy: p.act(w), 100).summary()
+        assert stats[name]["invalid_rate"] == 0.0
+    assert stats["needs-explore"]["survival_mean"] > stats["needs-memory"]["survival_mean"]

@@ -39,7 +39,8 @@ class Guides:
             raise ValueError(f"guides.fraction: {fraction} must be in [0, 1)")
         scripted = make_policy(policy, world, seed)
         if not isinstance(scripted, NeedsPolicy):
-            raise ValueError(f"guides.policy: {policy!r} is not a needs policy (needs, needs-memory, needs-view)")
+            raise ValueError(
+                f"guides.policy: {policy!r} is not a needs policy (needs, needs-memory, needs-view, needs-explore)")
         self.policy = scripted
         n = world.num_agents
         self.count = max(1, round(fraction * n)) if fraction > 0 else 0

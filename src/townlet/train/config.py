@@ -104,7 +104,8 @@ class GuidesConfig(_Strict):
     """Guided agents: this share of the training agents acts by a scripted needs policy instead of the network,
     so replay holds from the start what a policy that works before its money runs out does, for the learner to
     value off-policy. Their episodes stay out of the training metrics; evaluation is the network alone.
-    `needs-memory` knows only the affordances its window has shown this episode; `needs` reads the layout.
+    `needs-memory` knows only the affordances its window has shown this episode; `needs` reads the layout;
+    `needs-explore` is `needs-memory` that searches the cells it has not seen instead of moving at random.
     `imitation` > 0 (recurrent learners) also trains the network to prefer the guide's action by `margin`
     (DQfD's large-margin loss, weighted by `imitation` beside the TD loss): on the guided agents' own steps
     (`imitate: guided`), or on every agent's steps, labelled with what the guide policy would have done there
@@ -113,7 +114,7 @@ class GuidesConfig(_Strict):
     than half its steps on L2_partial, are no labels)."""
 
     fraction: float = Field(default=0.0, ge=0.0, lt=1.0)
-    policy: Literal["needs", "needs-memory", "needs-view"] = "needs-memory"
+    policy: Literal["needs", "needs-memory", "needs-view", "needs-explore"] = "needs-memory"
     imitation: float = Field(default=0.0, ge=0.0, description="weight of the large-margin loss (DQfD's 1.0)")
     margin: float = Field(default=0.8, gt=0.0, description="how far the guide's action must lead (DQfD's 0.8)")
     imitate: Literal["guided", "all", "purposeful"] = "guided"

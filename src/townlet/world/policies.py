@@ -10,7 +10,7 @@ import torch
 from townlet.world.config import LevelConfig
 from townlet.world.engine import INTERACT, World
 
-Knowledge = Literal["full", "memory", "view"]
+Knowledge = Literal["full", "memory", "view", "explore"]
 
 UP, DOWN, LEFT, RIGHT = 0, 1, 2, 3
 
@@ -48,14 +48,17 @@ class NeedsPolicy:
     `knowledge` says which affordances it can walk to. `full` reads the world's true layout (the ceiling).
     On a partial view, `memory` knows every affordance that has been inside its window this episode and `view`
     only those inside it now; when the one it needs is unknown, or nothing is needed, both take a random valid
-    move. The two differ only in remembering, which measures what memory is worth on a level.
+    move. The two differ only in remembering, which measures what memory is worth on a level. `explore`
+    remembers as `memory` does and also which cells its window has shown: instead of a random move it walks to
+    the nearest cell not yet seen (random again once it has seen them all), so its search is a function of
+    what it remembers, and a learner imitating it can predict it.
     """
 
     def __init__(
         self, world: World, thresholds: NeedThresholds | None = None, knowledge: Knowledge = "full", seed: int = 0
     ) -> None:
-        if knowledge not in ("full", "memory", "view"):
-            raise ValueError(f"knowledge: {knowledge!r} is not one of full, memory, view")
+        if knowledge not in ("full", "memory", "view", "explore"):
+            raise ValueError(f"knowledge: {knowledge!r} is not one of full, memory, view, explore")
         self.thresholds = thresholds or NeedThresholds()
         self.knowledge = knowledge
         self.name = "needs" if knowledge == "full" else f"needs-{knowledge}"
@@ -66,17 +69,25 @@ class NeedsPolicy:
         obs = world.config.observation
         self._sight = obs.vision_range if obs.view == "partial" else world.grid_size
         self._seen = torch.zeros(world.num_agents, world.num_affordances, dtype=torch.bool, device=world.device)
+        g = world.grid_size
+        xs, ys = torch.meshgrid(torch.arange(g, device=world.device), torch.arange(g, device=world.device),
+                                indexing="ij")
+        self._cells = torch.stack([xs.flatten(), ys.flatten()], dim=1).to(world.positions.dtype)  # [G*G, 2] (x, y)
+        self._seen_cells = torch.zeros(world.num_agents, g * g, dtype=torch.bool, device=world.device)
         self._generator = torch.Generator(device=world.device).manual_seed(seed)
-        # [N] bool, after each `act`: the action heads for a needed affordance it knows, or uses one; False
-        # where it is a random (or pacing) move, which a learner imitating this policy cannot predict
+        # [N] bool, after each `act`: the action heads for a needed affordance it knows, uses one, or (explore)
+        # heads for an unseen cell; False where it is a random (or pacing) move, which a learner imitating this
+        # policy cannot predict
         self.purposeful = torch.zeros(world.num_agents, dtype=torch.bool, device=world.device)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """What it remembers this episode and its random stream: enough to continue exactly."""
-        return {"seen": self._seen, "generator": self._generator.get_state()}
+        return {"seen": self._seen, "seen_cells": self._seen_cells, "generator": self._generator.get_state()}
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         self._seen = state["seen"].to(self._seen.device)
+        if "seen_cells" in state:  # checkpoints written before `explore` existed lack it
+            self._seen_cells = state["seen_cells"].to(self._seen_cells.device)
         self._generator.set_state(state["generator"])
 
     def _id(self, name: str, n: int, device: torch.device) -> torch.Tensor:
@@ -94,10 +105,25 @@ class NeedsPolicy:
         in_view = offset.abs().amax(dim=-1) <= self._sight
         if self.knowledge == "view":
             return in_view
-        if self.knowledge == "memory":
+        if self.knowledge in ("memory", "explore"):
             self._seen = torch.where((world.steps == 0).unsqueeze(1), in_view, self._seen | in_view)
             return self._seen
         return torch.ones_like(in_view)
+
+    def _frontier(self, world: World) -> tuple[torch.Tensor, torch.Tensor]:
+        """The nearest cell (Manhattan; the first in x, y order on ties) the window has not shown this episode
+        [N, 2], and whether there is one [N]."""
+        offset = self._cells.unsqueeze(0) - world.positions.unsqueeze(1)  # [N, G*G, 2]
+        in_view = offset.abs().amax(dim=-1) <= self._sight
+        self._seen_cells = torch.where((world.steps == 0).unsqueeze(1), in_view, self._seen_cells | in_view)
+        distance = offset.abs().sum(dim=-1).masked_fill(self._seen_cells, offset.shape[1] * 4)
+        return self._cells[distance.argmin(dim=1)], ~self._seen_cells.all(dim=1)
+
+    @staticmethod
+    def _step_toward(pos: torch.Tensor, goal: torch.Tensor) -> torch.Tensor:
+        """The move that closes the x gap first, then the y gap (UP when already there)."""
+        dx, dy = goal[:, 0] - pos[:, 0], goal[:, 1] - pos[:, 1]
+        return torch.where(dx > 0, RIGHT, torch.where(dx < 0, LEFT, torch.where(dy > 0, DOWN, UP)))
 
     def act(self, world: World) -> torch.Tensor:
         th, m, n, dev = self.thresholds, world.meters, world.num_agents, world.device
@@ -121,10 +147,8 @@ class NeedsPolicy:
         mask = world.action_mask()
         pos = world.positions
         goal = world.affordance_positions.gather(1, target.clamp(min=0).view(-1, 1, 1).expand(-1, 1, 2)).squeeze(1)
-        dx, dy = goal[:, 0] - pos[:, 0], goal[:, 1] - pos[:, 1]
-        step = torch.where(dx > 0, RIGHT, torch.where(dx < 0, LEFT, torch.where(dy > 0, DOWN, UP)))
-        arrived = (dx == 0) & (dy == 0)
-        action = torch.where(arrived, INTERACT, step)
+        arrived = (goal == pos).all(dim=1)
+        action = torch.where(arrived, INTERACT, self._step_toward(pos, goal))
         headed = target >= 0
         if self.knowledge == "full":
             # Pace when idle or stuck: the first valid move of LEFT, RIGHT, UP, DOWN.
@@ -136,7 +160,12 @@ class NeedsPolicy:
             wander = (noise * mask[:, :INTERACT]).argmax(dim=1)  # a random valid move
             known = self._known(world).gather(1, target.clamp(min=0).view(-1, 1)).squeeze(1)
             headed = headed & known
-            action = torch.where(~headed, wander, action)
+            action = torch.where(headed, action, wander)
+            if self.knowledge == "explore":
+                frontier, unseen_left = self._frontier(world)
+                exploring = ~headed & unseen_left
+                action = torch.where(exploring, self._step_toward(pos, frontier), action)
+                headed = headed | exploring
         busy = (world.progress > 0) & mask[:, INTERACT]
         action = torch.where(busy, INTERACT, action)
         valid = mask.gather(1, action.view(-1, 1)).squeeze(1)
@@ -144,7 +173,7 @@ class NeedsPolicy:
         return torch.where(valid, action, wander)
 
 
-SCRIPTED_POLICIES = ("random", "needs", "needs-memory", "needs-view")
+SCRIPTED_POLICIES = ("random", "needs", "needs-memory", "needs-view", "needs-explore")
 
 
 def scripted_policies(level: LevelConfig) -> tuple[str, ...]:
@@ -158,6 +187,6 @@ def make_policy(name: str, world: World, seed: int = 0) -> RandomPolicy | NeedsP
         return RandomPolicy(seed, world.device)
     if name == "needs":
         return NeedsPolicy(world)
-    if name in ("needs-memory", "needs-view"):
+    if name in ("needs-memory", "needs-view", "needs-explore"):
         return NeedsPolicy(world, knowledge=name.removeprefix("needs-"), seed=seed)  # type: ignore[arg-type]
     raise ValueError(f"unknown scripted policy {name!r}; allowed: {', '.join(SCRIPTED_POLICIES)}")
