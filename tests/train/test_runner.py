@@ -381,3 +381,37 @@ def test_purposeful_imitation_labels_only_the_guides_purposeful_steps(tmp_path):
     for batch in seen:
         guided = (batch.indices % 8 >= 6).view(-1, 1) & batch.valid & (batch.advice < NUM_ACTIONS)
         assert torch.equal(batch.advice[guided], batch.actions[guided])
+
+
+def test_shaping_reaches_replay_but_not_the_episode_returns(tmp_path):
+    """shaping.weight > 0: each stored reward is the world's plus γ Φ(s') − Φ(s) on that very transition
+    (Φ of the final obs where an episode ended, 0 after a death), while the metrics keep the level's returns."""
+    shaped = Trainer(small_config("L2_partial", 800, **RECURRENT, shaping={"weight": 2.0}), tmp_path)
+    gamma = shaped.config.learner.gamma
+    meters = shaped.world.obs_layout["meters"].slice
+    seen: list[tuple] = []
+    add, step = shaped.replay.add, shaped.world.step
+
+    def spy_step(actions):
+        out = step(actions)
+        seen.append((out[1].clone(), out[4]["final_obs"].clone(), out[0].clone()))
+        return out
+
+    def spy_add(obs, mask, actions, rewards, terminated, *rest, **kw):
+        world_reward, final_obs, next_obs = seen[-1]
+        after = torch.where((terminated | rest[0]).view(-1, 1), final_obs, next_obs)
+        phi = lambda o: 2.0 * o[:, meters].sqrt().sum(-1)  # noqa: E731
+        expected = world_reward + gamma * torch.where(terminated, 0.0, phi(after)) - phi(obs)
+        assert torch.allclose(rewards, expected, atol=1e-5)
+        seen.append(bool((rewards != world_reward).all()))
+        return add(obs, mask, actions, rewards, terminated, *rest, **kw)
+
+    shaped.world.step, shaped.replay.add = spy_step, spy_add
+    shaped.run()
+    assert any(s is True for s in seen)
+    plain = Trainer(small_config("L2_partial", 800, **RECURRENT), tmp_path / "plain")
+    plain.run()
+    assert plain.shaping is None
+    # both runs play the same episodes until the first update (step 400) changes the network
+    early = [[r["return"] for r in read_metrics(d)[0] if r["step"] <= 400] for d in (tmp_path, tmp_path / "plain")]
+    assert early[0] and early[0] == early[1]

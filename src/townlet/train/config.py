@@ -120,6 +120,15 @@ class GuidesConfig(_Strict):
     imitate: Literal["guided", "all", "purposeful"] = "guided"
 
 
+class ShapingConfig(_Strict):
+    """Potential-based reward shaping on the meters (`townlet.explore.shaping`): replay stores the task reward
+    plus γ Φ(s') − Φ(s), Φ = weight · Σ √meter (0 after a death), so what raises a low meter pays at once
+    instead of as a death avoided much later. It leaves the optimal policy unchanged; episode returns and
+    evaluation keep the level's reward. 0: off."""
+
+    weight: float = Field(default=0.0, ge=0.0, description="Φ's scale; the task's death costs 100")
+
+
 class CuriosityConfig(_Strict):
     """An intrinsic reward, annealed away once the agents survive consistently (variance of survival below a
     threshold AND mean above a share of the cap). `rnd`: Random Network Distillation, the novelty of the next
@@ -180,6 +189,7 @@ class RunConfig(_Strict):
     exploration: ExplorationConfig = ExplorationConfig()
     exploring_starts: ExploringStartsConfig = ExploringStartsConfig()
     guides: GuidesConfig = GuidesConfig()
+    shaping: ShapingConfig = ShapingConfig()
     curiosity: CuriosityConfig = CuriosityConfig()
     curriculum: CurriculumConfig = CurriculumConfig()
     logging: LoggingConfig = LoggingConfig()

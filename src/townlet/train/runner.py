@@ -24,6 +24,7 @@ from townlet.explore.counts import VisitCounts
 from townlet.explore.guides import Guides
 from townlet.explore.rnd import RND
 from townlet.explore.schedule import EpsilonSchedule, agent_epsilons
+from townlet.explore.shaping import MeterPotential
 from townlet.learn import DQNConfig, DQNLearner, R2D2Config, RecurrentActor, RecurrentLearner, masked_epsilon_greedy
 from townlet.replay import SequenceReplay, TransitionReplay, with_intrinsic
 from townlet.train.checkpoint import (
@@ -182,6 +183,8 @@ class Trainer:
             self.curriculum = StaticCurriculum(n, device=self.device)
         self.curriculum.apply(self.world)
         self.entropy_sum = torch.zeros(n, device=self.device)  # this episode's summed policy entropy
+        sw = config.shaping.weight
+        self.shaping = MeterPotential(self.world.obs_layout, sw, lc.gamma) if sw > 0 else None
         cu = config.curiosity
         self.rnd = (
             RND(self.world.obs_dim, hidden=cu.hidden, embed=cu.embed, lr=cu.lr, device=self.device,
@@ -345,6 +348,8 @@ class Trainer:
         after = torch.where(ended, info["final_obs"], next_obs)  # the true next observation of each transition
         if self.rnd is not None:
             intrinsic = self.rnd.reward(after)  # novelty of where the action led, not of where it started
+        if self.shaping is not None:  # only replay sees it; the episode log keeps the task's returns
+            reward = reward + self.shaping.reward(obs, after, terminated)
         if intrinsic is not None:
             self.intrinsic_sum += intrinsic.sum()
             self.intrinsic_steps += world.num_agents
