@@ -49,8 +49,9 @@ def policies(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON list instead of a table.")] = False,
 ) -> None:
     """Survival of the scripted reference policies: random valid actions; the needs policy with full knowledge,
-    and on partial views remembering what it saw (needs-memory), knowing only its window (needs-view), or remembering
-    and searching the cells it has not seen (needs-explore)."""
+    and on partial views remembering what it saw (needs-memory), knowing only its window (needs-view), remembering
+    and searching the cells it has not seen (needs-explore), or knowing only its window and searching by a fixed
+    round of the town (needs-sweep: no memory at all)."""
     try:
         rows = _scripted_table(levels or list(LEVEL_NAMES), episodes, agents, seed, device)
     except ConfigError as e:

@@ -71,7 +71,7 @@ def test_run_episodes_counts_the_uses_of_each_affordance_in_the_counted_episodes
 def test_make_policy_rejects_unknown_names():
     world = World("L0_minimal", 2)
     assert make_policy("needs", world).name == "needs"
-    with pytest.raises(ValueError, match="allowed: random, needs, needs-memory, needs-view, needs-explore"):
+    with pytest.raises(ValueError, match="allowed: random, needs, needs-memory, needs-view, needs-explore, needs-sweep"):
         make_policy("oracle", world)
     with pytest.raises(ValueError, match="knowledge"):
         NeedsPolicy(world, knowledge="psychic")  # type: ignore[arg-type]
@@ -80,10 +80,10 @@ def test_make_policy_rejects_unknown_names():
 def test_memory_limited_policies_are_offered_only_on_partial_views():
     assert scripted_policies(load_level("L1_full")) == ("random", "needs")
     assert scripted_policies(load_level("L2_partial")) == (
-        "random", "needs", "needs-memory", "needs-view", "needs-explore")
+        "random", "needs", "needs-memory", "needs-view", "needs-explore", "needs-sweep")
     world = World("L2_partial_fixed", 2)
     assert [make_policy(n, world).name for n in scripted_policies(world.config)][2:] == [
-        "needs-memory", "needs-view", "needs-explore"]
+        "needs-memory", "needs-view", "needs-explore", "needs-sweep"]
 
 
 # L2_partial_fixed (vision range 2) uses the fixed layout: the Bed is at (1, 1).
@@ -183,3 +183,52 @@ def test_searching_finds_the_places_sooner_than_moving_at_random():
         stats[name] = run_episodes(world, lambda obs, w, p=policy: p.act(w), 100).summary()
         assert stats[name]["invalid_rate"] == 0.0
     assert stats["needs-explore"]["survival_mean"] > stats["needs-memory"]["survival_mean"]
+
+
+MOVES = torch.tensor([[0, -1], [0, 1], [-1, 0], [1, 0]])  # UP, DOWN, LEFT, RIGHT as (dx, dy)
+
+
+def test_sweep_round_shows_the_whole_town_from_every_start():
+    """From every cell of the 8x8 town the round reaches the ring 2 cells in from the edges within 4 moves, then
+    goes round it clockwise in 12 moves; the 5x5 window along the ring shows all 64 cells."""
+    world = World("L2_partial", 64, seed=0)
+    sweep = NeedsPolicy(world, knowledge="sweep")
+    pos = torch.stack(torch.meshgrid(torch.arange(8), torch.arange(8), indexing="ij"), -1).view(64, 2)
+    for _ in range(4):
+        pos = pos + MOVES[sweep.sweep_move(pos, 8)]
+    on_ring = ((pos == 2) | (pos == 5)).any(1) & ((pos >= 2) & (pos <= 5)).all(1)
+    assert bool(on_ring.all())
+    start, shown = pos.clone(), torch.zeros(64, 8, 8, dtype=torch.bool)
+    for k in range(12):
+        lo, hi = (pos - 2).clamp(min=0), (pos + 2).clamp(max=7)
+        for a in range(64):  # the test's own bookkeeping, not the policy's
+            shown[a, lo[a, 1] : hi[a, 1] + 1, lo[a, 0] : hi[a, 0] + 1] = True
+        pos = pos + MOVES[sweep.sweep_move(pos, 8)]
+        assert k == 11 or not torch.equal(pos, start)
+    assert torch.equal(pos, start)  # a cycle of 12 moves
+    assert bool(shown.all())
+
+
+def test_sweep_policy_acts_on_what_it_sees_now_and_lives_to_the_cap():
+    """Two agents on the same cell with the same meters act alike whatever they saw before, every step is
+    labelled purposeful (the observation shows all it acts on), and on L2_partial it lives about as long as the
+    policy that reads the layout: memory is not needed there to find the places."""
+    world = World("L2_partial_fixed", 2, seed=0)
+    sweep = NeedsPolicy(world, knowledge="sweep")
+    place(world, [(1, 1), (7, 7)], RESTED)  # agent 0 saw the Bed at (1, 1), agent 1 did not
+    world.steps = torch.zeros(2, dtype=torch.long)
+    sweep.act(world)
+    place(world, (4, 6), TIRED)  # both tired, the Bed out of view: both keep to the round (y > 5: UP), where
+    world.steps = torch.ones(2, dtype=torch.long)  # a policy that remembered the Bed would go LEFT
+    assert sweep.act(world).tolist() == [UP, UP] and bool(sweep.purposeful.all())
+    place(world, (3, 3), TIRED)  # the Bed in view: straight for it
+    assert sweep.act(world).tolist() == [LEFT, LEFT]
+    place(world, (4, 4), RESTED)  # nothing needed, inside the ring: up to its top side
+    assert sweep.act(world).tolist() == [UP, UP]
+    stats = {}
+    for name in ("needs-view", "needs-sweep"):
+        world = World("L2_partial", 100, seed=0)
+        policy = make_policy(name, world, seed=0)
+        stats[name] = run_episodes(world, lambda obs, w, p=policy: p.act(w), 100).summary()
+        assert stats[name]["invalid_rate"] == 0.0
+    assert stats["needs-sweep"]["survival_mean"] > 470 > 2 * stats["needs-view"]["survival_mean"]

@@ -40,7 +40,8 @@ class Guides:
         scripted = make_policy(policy, world, seed)
         if not isinstance(scripted, NeedsPolicy):
             raise ValueError(
-                f"guides.policy: {policy!r} is not a needs policy (needs, needs-memory, needs-view, needs-explore)")
+                f"guides.policy: {policy!r} is not a needs policy "
+                "(needs, needs-memory, needs-view, needs-explore, needs-sweep)")
         self.policy = scripted
         n = world.num_agents
         self.count = max(1, round(fraction * n)) if fraction > 0 else 0

@@ -105,7 +105,9 @@ class GuidesConfig(_Strict):
     so replay holds from the start what a policy that works before its money runs out does, for the learner to
     value off-policy. Their episodes stay out of the training metrics; evaluation is the network alone.
     `needs-memory` knows only the affordances its window has shown this episode; `needs` reads the layout;
-    `needs-explore` is `needs-memory` that searches the cells it has not seen instead of moving at random.
+    `needs-explore` is `needs-memory` that searches the cells it has not seen instead of moving at random;
+    `needs-sweep` knows only its window and searches by a fixed round of the town, so it needs no memory and every
+    action it takes is a function of the current observation (a teacher any learner can follow).
     `imitation` > 0 (recurrent learners) also trains the network to prefer the guide's action by `margin`
     (DQfD's large-margin loss, weighted by `imitation` beside the TD loss): on the guided agents' own steps
     (`imitate: guided`), or on every agent's steps, labelled with what the guide policy would have done there
@@ -114,7 +116,7 @@ class GuidesConfig(_Strict):
     than half its steps on L2_partial, are no labels)."""
 
     fraction: float = Field(default=0.0, ge=0.0, lt=1.0)
-    policy: Literal["needs", "needs-memory", "needs-view", "needs-explore"] = "needs-memory"
+    policy: Literal["needs", "needs-memory", "needs-view", "needs-explore", "needs-sweep"] = "needs-memory"
     imitation: float = Field(default=0.0, ge=0.0, description="weight of the large-margin loss (DQfD's 1.0)")
     margin: float = Field(default=0.8, gt=0.0, description="how far the guide's action must lead (DQfD's 0.8)")
     imitate: Literal["guided", "all", "purposeful"] = "guided"

@@ -121,7 +121,8 @@ def plot_survival(
     else:
         _empty(ax, "no finished episodes yet")
     styles = {"random": ("#d04a3c", ":"), "needs": ("#5a9e5a", "-."), "needs-memory": ("#8a6bb0", "-."),
-              "needs-view": ("#c08a2a", "-."), "needs-explore": ("#3a8fb7", "-.")}
+              "needs-view": ("#c08a2a", "-."), "needs-explore": ("#3a8fb7", "-."),
+              "needs-sweep": ("#2a9d8f", "-.")}
     for name, stats in scripted.items():
         color, ls = styles.get(name, ("grey", ":"))
         ax.axhline(stats["survival_mean"], color=color, ls=ls, lw=1.5,

@@ -10,7 +10,7 @@ import torch
 from townlet.world.config import LevelConfig
 from townlet.world.engine import INTERACT, World
 
-Knowledge = Literal["full", "memory", "view", "explore"]
+Knowledge = Literal["full", "memory", "view", "explore", "sweep"]
 
 UP, DOWN, LEFT, RIGHT = 0, 1, 2, 3
 
@@ -51,14 +51,16 @@ class NeedsPolicy:
     move. The two differ only in remembering, which measures what memory is worth on a level. `explore`
     remembers as `memory` does and also which cells its window has shown: instead of a random move it walks to
     the nearest cell not yet seen (random again once it has seen them all), so its search is a function of
-    what it remembers, and a learner imitating it can predict it.
+    what it remembers, and a learner imitating it can predict it. `sweep` knows only what it sees now, as
+    `view` does, and searches by a fixed clockwise round of the town (`sweep_move`) that depends on its cell
+    alone: it needs no memory at all, and every one of its actions is a function of the current observation.
     """
 
     def __init__(
         self, world: World, thresholds: NeedThresholds | None = None, knowledge: Knowledge = "full", seed: int = 0
     ) -> None:
-        if knowledge not in ("full", "memory", "view", "explore"):
-            raise ValueError(f"knowledge: {knowledge!r} is not one of full, memory, view, explore")
+        if knowledge not in ("full", "memory", "view", "explore", "sweep"):
+            raise ValueError(f"knowledge: {knowledge!r} is not one of full, memory, view, explore, sweep")
         self.thresholds = thresholds or NeedThresholds()
         self.knowledge = knowledge
         self.name = "needs" if knowledge == "full" else f"needs-{knowledge}"
@@ -103,7 +105,7 @@ class NeedsPolicy:
         """[N, A] bool: the affordances this policy may walk to now."""
         offset = world.affordance_positions - world.positions.unsqueeze(1)
         in_view = offset.abs().amax(dim=-1) <= self._sight
-        if self.knowledge == "view":
+        if self.knowledge in ("view", "sweep"):
             return in_view
         if self.knowledge in ("memory", "explore"):
             self._seen = torch.where((world.steps == 0).unsqueeze(1), in_view, self._seen | in_view)
@@ -118,6 +120,23 @@ class NeedsPolicy:
         self._seen_cells = torch.where((world.steps == 0).unsqueeze(1), in_view, self._seen_cells | in_view)
         distance = offset.abs().sum(dim=-1).masked_fill(self._seen_cells, offset.shape[1] * 4)
         return self._cells[distance.argmin(dim=1)], ~self._seen_cells.all(dim=1)
+
+    def sweep_move(self, pos: torch.Tensor, grid_size: int) -> torch.Tensor:
+        """[N] the clockwise round's move from each cell: on the ring of cells `sight` in from the edges, the next
+        cell clockwise; elsewhere, toward the ring. From the ring the window shows every cell of a grid up to
+        4 * sight + 2 wide (the 8x8 town with a 5x5 window), so one round of 4 * (G - 2 * sight - 1) moves shows
+        the whole town."""
+        lo = min(self._sight, (grid_size - 1) // 2)
+        hi = max(grid_size - 1 - self._sight, lo + 1)
+        x, y = pos[:, 0], pos[:, 1]
+        move = torch.where(x < lo, RIGHT, torch.where(x > hi, LEFT, torch.where(y > hi, UP, torch.where(
+            y < lo, DOWN, UP))))  # off the ring, and inside it: toward the ring (inside: up to the top side)
+        on_x = (x == lo) | (x == hi)
+        on_y = (y == lo) | (y == hi)
+        ring = (x >= lo) & (x <= hi) & (y >= lo) & (y <= hi) & (on_x | on_y)
+        clockwise = torch.where((y == lo) & (x < hi), RIGHT, torch.where((x == hi) & (y < hi), DOWN, torch.where(
+            (y == hi) & (x > lo), LEFT, UP)))
+        return torch.where(ring, clockwise, move)
 
     @staticmethod
     def _step_toward(pos: torch.Tensor, goal: torch.Tensor) -> torch.Tensor:
@@ -156,8 +175,11 @@ class NeedsPolicy:
             wander = pace_order[mask[:, pace_order].to(torch.int8).argmax(dim=1)]
             action = torch.where(target < 0, wander, action)
         else:
-            noise = torch.rand(n, INTERACT, generator=self._generator, device=dev)
-            wander = (noise * mask[:, :INTERACT]).argmax(dim=1)  # a random valid move
+            if self.knowledge == "sweep":  # the round of the town: on the grid from every cell, so always valid
+                wander = self.sweep_move(pos, world.grid_size)
+            else:
+                noise = torch.rand(n, INTERACT, generator=self._generator, device=dev)
+                wander = (noise * mask[:, :INTERACT]).argmax(dim=1)  # a random valid move
             known = self._known(world).gather(1, target.clamp(min=0).view(-1, 1)).squeeze(1)
             headed = headed & known
             action = torch.where(headed, action, wander)
@@ -169,11 +191,12 @@ class NeedsPolicy:
         busy = (world.progress > 0) & mask[:, INTERACT]
         action = torch.where(busy, INTERACT, action)
         valid = mask.gather(1, action.view(-1, 1)).squeeze(1)
-        self.purposeful = (headed | busy) & valid
+        # the sweep's every step follows from what it sees now, its round included
+        self.purposeful = ((headed | busy) & valid) | (self.knowledge == "sweep")
         return torch.where(valid, action, wander)
 
 
-SCRIPTED_POLICIES = ("random", "needs", "needs-memory", "needs-view", "needs-explore")
+SCRIPTED_POLICIES = ("random", "needs", "needs-memory", "needs-view", "needs-explore", "needs-sweep")
 
 
 def scripted_policies(level: LevelConfig) -> tuple[str, ...]:
@@ -187,6 +210,6 @@ def make_policy(name: str, world: World, seed: int = 0) -> RandomPolicy | NeedsP
         return RandomPolicy(seed, world.device)
     if name == "needs":
         return NeedsPolicy(world)
-    if name in ("needs-memory", "needs-view", "needs-explore"):
+    if name in ("needs-memory", "needs-view", "needs-explore", "needs-sweep"):
         return NeedsPolicy(world, knowledge=name.removeprefix("needs-"), seed=seed)  # type: ignore[arg-type]
     raise ValueError(f"unknown scripted policy {name!r}; allowed: {', '.join(SCRIPTED_POLICIES)}")
