@@ -65,14 +65,19 @@ def test_report_writes_pngs_and_summary(run_dir: Path, built) -> None:
 
 
 def test_summary_names_the_guides_of_a_guided_run() -> None:
-    rows = _feature_rows(load_run_config("L2_partial", {"guides": {"fraction": 0.25}}))
+    memory = {"policy": "needs-memory"}
+    rows = _feature_rows(load_run_config("L2_partial", {"guides": {**memory, "fraction": 0.25, "imitation": 0.0}}))
     assert "| guides | 25% of the agents follow needs-memory (not in the training metrics) |" in rows
-    rows = _feature_rows(load_run_config("L2_partial", {"guides": {"fraction": 0.25, "imitation": 1.0}}))
+    rows = _feature_rows(load_run_config(
+        "L2_partial", {"guides": {**memory, "fraction": 0.25, "imitation": 1.0, "imitate": "guided"}}))
     assert ("| guides | 25% of the agents follow needs-memory (not in the training metrics); the network imitates "
             "its actions on the guided agents' steps (large margin 0.8, weight 1) |") in rows
-    rows = _feature_rows(load_run_config("L2_partial", {"guides": {"imitation": 2.0, "imitate": "all"}}))
+    rows = _feature_rows(load_run_config("L2_partial", {"guides": {**memory, "imitation": 2.0, "imitate": "all"}}))
     assert ("| guides | no agent follows needs-memory; the network imitates its advice on every agent's steps "
             "(large margin 0.8, weight 2) |") in rows
+    rows = _feature_rows(load_run_config("L2_partial"))  # the default: advice from the memoryless sweep
+    assert ("| guides | no agent follows needs-sweep; the network imitates its advice on every agent's steps "
+            "(large margin 0.8, weight 1) |") in rows
 
 
 def test_report_cli(run_dir: Path, tmp_path: Path) -> None:

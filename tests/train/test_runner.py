@@ -305,7 +305,7 @@ def test_wiped_memory_hands_the_net_a_zero_state_every_step(tmp_path):
 
 
 def test_imitation_marks_the_guided_agents_sequences_as_demonstrations(tmp_path):
-    guides = {"fraction": 0.25, "policy": "needs-memory", "imitation": 1.0}
+    guides = {"fraction": 0.25, "policy": "needs-memory", "imitation": 1.0, "imitate": "guided"}
     trainer = Trainer(small_config("L2_partial", 800, **RECURRENT, guides=guides), tmp_path)
     assert trainer.learner.config.imitation_weight == 1.0 and trainer.learner.config.margin == 0.8
     seen = []
@@ -326,7 +326,7 @@ def test_imitation_marks_the_guided_agents_sequences_as_demonstrations(tmp_path)
 
 def test_imitation_needs_guides_and_a_sequence_learner():
     with pytest.raises(ConfigError, match=r"guides\.imitation: needs demonstrations .* got fraction 0\.0"):
-        load_run_config("L2_partial", {"guides": {"imitation": 1.0}})
+        load_run_config("L2_partial", {"guides": {"imitation": 1.0, "imitate": "guided"}})
     with pytest.raises(ConfigError, match=r"guides\.imitation: .* network\.kind 'mlp'"):
         load_run_config("L1_full", {"guides": {"fraction": 0.1, "imitation": 1.0}})
 
