@@ -60,7 +60,7 @@ def test_a_small_share_still_guides_one_agent_and_bad_settings_are_refused() -> 
         Guides(world, 1.0)
     with pytest.raises(ValueError, match=r"guides\.policy: 'random' is not a needs policy"):
         Guides(world, 0.5, "random")
-    with pytest.raises(ConfigError, match=r"guides\.policy: Input should be 'needs', 'needs-memory', 'needs-view', 'needs-explore' or 'needs-sweep'"):
+    with pytest.raises(ConfigError, match=r"guides\.policy: Input should be 'needs', 'needs-memory', 'needs-view', 'needs-explore', 'needs-sweep' or 'needs-recall'"):
         load_run_config("L2_partial_fixed", parse_overrides(["guides.policy=oracle"]))
     with pytest.raises(ConfigError, match=r"guides\.fraction"):
         load_run_config("L2_partial_fixed", parse_overrides(["guides.fraction=1.0"]))

@@ -71,7 +71,7 @@ def test_run_episodes_counts_the_uses_of_each_affordance_in_the_counted_episodes
 def test_make_policy_rejects_unknown_names():
     world = World("L0_minimal", 2)
     assert make_policy("needs", world).name == "needs"
-    with pytest.raises(ValueError, match="allowed: random, needs, needs-memory, needs-view, needs-explore, needs-sweep"):
+    with pytest.raises(ValueError, match="allowed: random, needs, needs-memory, needs-view, needs-explore, needs-sweep, needs-recall"):
         make_policy("oracle", world)
     with pytest.raises(ValueError, match="knowledge"):
         NeedsPolicy(world, knowledge="psychic")  # type: ignore[arg-type]
@@ -80,10 +80,10 @@ def test_make_policy_rejects_unknown_names():
 def test_memory_limited_policies_are_offered_only_on_partial_views():
     assert scripted_policies(load_level("L1_full")) == ("random", "needs")
     assert scripted_policies(load_level("L2_partial")) == (
-        "random", "needs", "needs-memory", "needs-view", "needs-explore", "needs-sweep")
+        "random", "needs", "needs-memory", "needs-view", "needs-explore", "needs-sweep", "needs-recall")
     world = World("L2_partial_fixed", 2)
     assert [make_policy(n, world).name for n in scripted_policies(world.config)][2:] == [
-        "needs-memory", "needs-view", "needs-explore", "needs-sweep"]
+        "needs-memory", "needs-view", "needs-explore", "needs-sweep", "needs-recall"]
 
 
 # L2_partial_fixed (vision range 2) uses the fixed layout: the Bed is at (1, 1).
@@ -232,3 +232,29 @@ def test_sweep_policy_acts_on_what_it_sees_now_and_lives_to_the_cap():
         stats[name] = run_episodes(world, lambda obs, w, p=policy: p.act(w), 100).summary()
         assert stats[name]["invalid_rate"] == 0.0
     assert stats["needs-sweep"]["survival_mean"] > 470 > 2 * stats["needs-view"]["survival_mean"]
+
+
+def test_recall_walks_back_to_what_it_saw_where_the_sweep_keeps_to_its_round():
+    world = World("L2_partial_fixed", 2, seed=0)
+    recall, sweep = NeedsPolicy(world, knowledge="recall"), NeedsPolicy(world, knowledge="sweep")
+    place(world, [(1, 1), (7, 7)], RESTED)  # agent 0 stands on the Bed at (1, 1), agent 1 far from it
+    world.steps = torch.zeros(2, dtype=torch.long)
+    recall.act(world), sweep.act(world)
+    place(world, (4, 6), TIRED)  # both tired now, the Bed out of view
+    world.steps = torch.ones(2, dtype=torch.long)
+    assert recall.act(world).tolist() == [LEFT, UP]  # agent 0 remembers the Bed; agent 1 keeps to the round
+    assert sweep.act(world).tolist() == [UP, UP]
+    assert bool(recall.purposeful.all())  # its recall follows from what it saw, its round from the cell
+
+
+def test_memory_is_worth_survival_to_a_policy_that_searches_well_on_l2_memory_only():
+    """Sweeping with and without memory: on L2_partial the round finds everything soon enough (memory is worth
+    little), on L2_memory (3x3 window, walking twice as dear) memory is worth well over 1.3x the survival."""
+    means = {}
+    for level in ("L2_partial", "L2_memory"):
+        for name in ("needs-sweep", "needs-recall"):
+            world = World(level, 100, seed=0)
+            policy = make_policy(name, world, seed=0)
+            means[level, name] = run_episodes(world, lambda obs, w, p=policy: p.act(w), 100).summary()["survival_mean"]
+    assert means["L2_partial", "needs-recall"] < 1.05 * means["L2_partial", "needs-sweep"]
+    assert means["L2_memory", "needs-recall"] > 1.4 * means["L2_memory", "needs-sweep"]

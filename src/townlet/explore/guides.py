@@ -41,7 +41,7 @@ class Guides:
         if not isinstance(scripted, NeedsPolicy):
             raise ValueError(
                 f"guides.policy: {policy!r} is not a needs policy "
-                "(needs, needs-memory, needs-view, needs-explore, needs-sweep)")
+                "(needs, needs-memory, needs-view, needs-explore, needs-sweep, needs-recall)")
         self.policy = scripted
         n = world.num_agents
         self.count = max(1, round(fraction * n)) if fraction > 0 else 0

@@ -107,7 +107,8 @@ class GuidesConfig(_Strict):
     `needs-memory` knows only the affordances its window has shown this episode; `needs` reads the layout;
     `needs-explore` is `needs-memory` that searches the cells it has not seen instead of moving at random;
     `needs-sweep` knows only its window and searches by a fixed round of the town, so it needs no memory and every
-    action it takes is a function of the current observation (a teacher any learner can follow).
+    action it takes is a function of the current observation (a teacher any learner can follow); `needs-recall`
+    searches by the same round and remembers what its window has shown, as `needs-memory` does.
     `imitation` > 0 (recurrent learners) also trains the network to prefer the guide's action by `margin`
     (DQfD's large-margin loss, weighted by `imitation` beside the TD loss): on the guided agents' own steps
     (`imitate: guided`), or on every agent's steps, labelled with what the guide policy would have done there
@@ -116,7 +117,8 @@ class GuidesConfig(_Strict):
     than half its steps on L2_partial, are no labels)."""
 
     fraction: float = Field(default=0.0, ge=0.0, lt=1.0)
-    policy: Literal["needs", "needs-memory", "needs-view", "needs-explore", "needs-sweep"] = "needs-memory"
+    policy: Literal["needs", "needs-memory", "needs-view", "needs-explore", "needs-sweep", "needs-recall"] = (
+        "needs-memory")
     imitation: float = Field(default=0.0, ge=0.0, description="weight of the large-margin loss (DQfD's 1.0)")
     margin: float = Field(default=0.8, gt=0.0, description="how far the guide's action must lead (DQfD's 0.8)")
     imitate: Literal["guided", "all", "purposeful"] = "guided"

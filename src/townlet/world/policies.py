@@ -10,7 +10,7 @@ import torch
 from townlet.world.config import LevelConfig
 from townlet.world.engine import INTERACT, World
 
-Knowledge = Literal["full", "memory", "view", "explore", "sweep"]
+Knowledge = Literal["full", "memory", "view", "explore", "sweep", "recall"]
 
 UP, DOWN, LEFT, RIGHT = 0, 1, 2, 3
 
@@ -54,16 +54,19 @@ class NeedsPolicy:
     what it remembers, and a learner imitating it can predict it. `sweep` knows only what it sees now, as
     `view` does, and searches by a fixed clockwise round of the town (`sweep_move`) that depends on its cell
     alone: it needs no memory at all, and every one of its actions is a function of the current observation.
+    `recall` searches by the same round and remembers what it saw, as `memory` does: the two sweeping policies
+    differ only in remembering, which measures what memory is worth on a level to a policy that searches well.
     """
 
     def __init__(
         self, world: World, thresholds: NeedThresholds | None = None, knowledge: Knowledge = "full", seed: int = 0
     ) -> None:
-        if knowledge not in ("full", "memory", "view", "explore", "sweep"):
-            raise ValueError(f"knowledge: {knowledge!r} is not one of full, memory, view, explore, sweep")
+        if knowledge not in ("full", "memory", "view", "explore", "sweep", "recall"):
+            raise ValueError(f"knowledge: {knowledge!r} is not one of full, memory, view, explore, sweep, recall")
         self.thresholds = thresholds or NeedThresholds()
         self.knowledge = knowledge
         self.name = "needs" if knowledge == "full" else f"needs-{knowledge}"
+        self._sweeps = knowledge in ("sweep", "recall")  # searches by the round, so every step is predictable
         names = world.affordance_names
         self._ids = {name: names.index(name) if name in names else -1 for name in (
             "Bed", "HomeMeal", "Doctor", "Hospital", "Job", "Shower")}
@@ -107,7 +110,7 @@ class NeedsPolicy:
         in_view = offset.abs().amax(dim=-1) <= self._sight
         if self.knowledge in ("view", "sweep"):
             return in_view
-        if self.knowledge in ("memory", "explore"):
+        if self.knowledge in ("memory", "explore", "recall"):
             self._seen = torch.where((world.steps == 0).unsqueeze(1), in_view, self._seen | in_view)
             return self._seen
         return torch.ones_like(in_view)
@@ -175,7 +178,7 @@ class NeedsPolicy:
             wander = pace_order[mask[:, pace_order].to(torch.int8).argmax(dim=1)]
             action = torch.where(target < 0, wander, action)
         else:
-            if self.knowledge == "sweep":  # the round of the town: on the grid from every cell, so always valid
+            if self._sweeps:  # the round of the town: on the grid from every cell, so always valid
                 wander = self.sweep_move(pos, world.grid_size)
             else:
                 noise = torch.rand(n, INTERACT, generator=self._generator, device=dev)
@@ -191,12 +194,12 @@ class NeedsPolicy:
         busy = (world.progress > 0) & mask[:, INTERACT]
         action = torch.where(busy, INTERACT, action)
         valid = mask.gather(1, action.view(-1, 1)).squeeze(1)
-        # the sweep's every step follows from what it sees now, its round included
-        self.purposeful = ((headed | busy) & valid) | (self.knowledge == "sweep")
+        # a sweeping policy's every step follows from what it sees (recall: has seen), its round included
+        self.purposeful = ((headed | busy) & valid) | self._sweeps
         return torch.where(valid, action, wander)
 
 
-SCRIPTED_POLICIES = ("random", "needs", "needs-memory", "needs-view", "needs-explore", "needs-sweep")
+SCRIPTED_POLICIES = ("random", "needs", "needs-memory", "needs-view", "needs-explore", "needs-sweep", "needs-recall")
 
 
 def scripted_policies(level: LevelConfig) -> tuple[str, ...]:
@@ -210,6 +213,6 @@ def make_policy(name: str, world: World, seed: int = 0) -> RandomPolicy | NeedsP
         return RandomPolicy(seed, world.device)
     if name == "needs":
         return NeedsPolicy(world)
-    if name in ("needs-memory", "needs-view", "needs-explore", "needs-sweep"):
+    if name in ("needs-memory", "needs-view", "needs-explore", "needs-sweep", "needs-recall"):
         return NeedsPolicy(world, knowledge=name.removeprefix("needs-"), seed=seed)  # type: ignore[arg-type]
     raise ValueError(f"unknown scripted policy {name!r}; allowed: {', '.join(SCRIPTED_POLICIES)}")
