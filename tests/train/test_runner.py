@@ -234,6 +234,16 @@ def test_run_files_extend_a_level_default_or_another_file(tmp_path):
         load_run_config(mine)
 
 
+def test_random_layout_recurrent_defaults_imitate_the_memoryless_sweep():
+    """The tuned defaults (docs/tuning.md, tenth session): on every random-layout recurrent level the network
+    imitates needs-sweep on every agent's steps and nobody is guided; L2_memory keeps L2_partial's recipe."""
+    for level in ("L2_partial", "L2_memory", "L3_temporal"):
+        guides = load_run_config(level).guides
+        assert (guides.policy, guides.imitation, guides.imitate, guides.fraction) == ("needs-sweep", 1.0, "all", 0.0)
+    memory, partial = load_run_config("L2_memory"), load_run_config("L2_partial")
+    assert memory.level == "L2_memory" and memory.model_dump(exclude={"level"}) == partial.model_dump(exclude={"level"})
+
+
 def test_cli_train_resume_and_eval(tmp_path):
     runner = CliRunner()
     run_dir = tmp_path / "run"
