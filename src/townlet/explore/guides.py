@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from townlet.world import NUM_ACTIONS, World
-from townlet.world.policies import NeedsPolicy, make_policy
+from townlet.world.policies import NEEDS_POLICIES, NeedsPolicy, make_policy
 
 
 class Guides:
@@ -40,8 +40,7 @@ class Guides:
         scripted = make_policy(policy, world, seed)
         if not isinstance(scripted, NeedsPolicy):
             raise ValueError(
-                f"guides.policy: {policy!r} is not a needs policy "
-                "(needs, needs-memory, needs-view, needs-explore, needs-sweep, needs-recall)")
+                f"guides.policy: {policy!r} is not a needs policy ({', '.join(NEEDS_POLICIES)})")
         self.policy = scripted
         n = world.num_agents
         self.count = max(1, round(fraction * n)) if fraction > 0 else 0

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 
@@ -61,8 +61,8 @@ class NeedsPolicy:
     def __init__(
         self, world: World, thresholds: NeedThresholds | None = None, knowledge: Knowledge = "full", seed: int = 0
     ) -> None:
-        if knowledge not in ("full", "memory", "view", "explore", "sweep", "recall"):
-            raise ValueError(f"knowledge: {knowledge!r} is not one of full, memory, view, explore, sweep, recall")
+        if knowledge not in get_args(Knowledge):
+            raise ValueError(f"knowledge: {knowledge!r} is not one of {', '.join(get_args(Knowledge))}")
         self.thresholds = thresholds or NeedThresholds()
         self.knowledge = knowledge
         self.name = "needs" if knowledge == "full" else f"needs-{knowledge}"
@@ -199,7 +199,9 @@ class NeedsPolicy:
         return torch.where(valid, action, wander)
 
 
-SCRIPTED_POLICIES = ("random", "needs", "needs-memory", "needs-view", "needs-explore", "needs-sweep", "needs-recall")
+# the needs policy by what it knows: "needs" reads the layout, the others are named by their `Knowledge`
+NEEDS_POLICIES = ("needs", *(f"needs-{k}" for k in get_args(Knowledge) if k != "full"))
+SCRIPTED_POLICIES = ("random", *NEEDS_POLICIES)
 
 
 def scripted_policies(level: LevelConfig) -> tuple[str, ...]:
@@ -213,6 +215,6 @@ def make_policy(name: str, world: World, seed: int = 0) -> RandomPolicy | NeedsP
         return RandomPolicy(seed, world.device)
     if name == "needs":
         return NeedsPolicy(world)
-    if name in ("needs-memory", "needs-view", "needs-explore", "needs-sweep", "needs-recall"):
+    if name in NEEDS_POLICIES:
         return NeedsPolicy(world, knowledge=name.removeprefix("needs-"), seed=seed)  # type: ignore[arg-type]
     raise ValueError(f"unknown scripted policy {name!r}; allowed: {', '.join(SCRIPTED_POLICIES)}")
