@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from townlet.config_files import ConfigError, format_validation_error, read_extended_yaml, resolve_yaml_path
 
 METER_NAMES: tuple[str, ...] = (
     "energy",
@@ -32,10 +32,6 @@ LEVEL_NAMES: tuple[str, ...] = (
     "L3_temporal",
     "L3_temporal_fixed",
 )
-
-
-class ConfigError(ValueError):
-    """A configuration file or value that cannot be used; the message names the file and field."""
 
 
 class _Strict(BaseModel):
@@ -194,63 +190,6 @@ class LevelConfig(_Strict):
         return self.temporal is not None
 
 
-def _allowed_fields(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str] | None:
-    """Walk `loc` through nested pydantic models to list the field names allowed where an extra key was."""
-    current: Any = model
-    for part in loc[:-1]:
-        if isinstance(part, int) or current is None:
-            continue
-        if isinstance(current, type) and issubclass(current, BaseModel):
-            field = current.model_fields.get(str(part))
-            if field is None:
-                return None
-            current = _model_in(field.annotation)
-    if isinstance(current, type) and issubclass(current, BaseModel):
-        return list(current.model_fields)
-    return None
-
-
-def _model_in(annotation: Any) -> Any:
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    for arg in getattr(annotation, "__args__", ()) or ():
-        found = _model_in(arg)
-        if found is not None:
-            return found
-    return None
-
-
-def format_validation_error(source: str, err: ValidationError, model: type[BaseModel]) -> str:
-    """One line per problem: file, dotted field path, what was wrong and what is allowed."""
-    lines = [f"{source}: invalid {model.__name__} ({err.error_count()} problem(s))"]
-    for e in err.errors():
-        loc = tuple(e["loc"])
-        field = ".".join(str(p) for p in loc) or "<top level>"
-        msg = e["msg"]
-        if e["type"] == "extra_forbidden":
-            allowed = _allowed_fields(model, loc)
-            msg = "unknown field" + (f"; allowed fields: {', '.join(allowed)}" if allowed else "")
-        got = e.get("input")
-        shown = "" if e["type"] in ("extra_forbidden", "missing") else f" (got {got!r})"
-        lines.append(f"  {field}: {msg}{shown}")
-    return "\n".join(lines)
-
-
-def read_yaml(path: Path) -> dict[str, Any]:
-    """Read a YAML mapping, with errors that name the file."""
-    try:
-        text = Path(path).read_text()
-    except OSError as e:
-        raise ConfigError(f"{path}: cannot read: {e.strerror}") from e
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: malformed YAML: {e}") from e
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping of fields at the top level, got {type(data).__name__}")
-    return data
-
-
 def level_from_dict(data: dict[str, Any], source: str = "<dict>") -> LevelConfig:
     try:
         return LevelConfig.model_validate(data)
@@ -263,54 +202,8 @@ def level_path(name: str) -> Path:
     return Path(str(resources.files("townlet.world") / "levels" / f"{name}.yaml"))
 
 
-def resolve_yaml_path(
-    name_or_path: str | Path, relative_to: Path | None, packaged: Callable[[str], Path], what: str
-) -> Path:
-    """`packaged(name)` for a packaged level's name, else a file path (relative to `relative_to`, if given)
-    that must exist; `what` names the kind of file in the error."""
-    text = str(name_or_path)
-    if text in LEVEL_NAMES:
-        return packaged(text)
-    path = Path(text)
-    if relative_to is not None and not path.is_absolute():
-        path = relative_to / path
-    if not path.exists():
-        raise ConfigError(
-            f"{text}: no such {what} file, and not a packaged level; packaged levels: {', '.join(LEVEL_NAMES)}"
-        )
-    return path
-
-
 def _resolve_level_path(name_or_path: str | Path, relative_to: Path | None = None) -> Path:
     return resolve_yaml_path(name_or_path, relative_to, level_path, "level")
-
-
-def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
-    """`override` on top of `base`: mappings merge key by key, everything else (lists too) is replaced."""
-    merged = dict(base)
-    for key, value in override.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = deep_merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
-
-
-def read_extended_yaml(
-    path: Path, resolve: Callable[[str, Path], Path], seen: tuple[Path, ...] = ()
-) -> dict[str, Any]:
-    """A YAML mapping with its `extends:` chain applied; `resolve(parent, folder)` finds the parent's file
-    (a packaged name, or a path relative to the extending file's folder)."""
-    if path.resolve() in seen:
-        raise ConfigError(f"{path}: extends: cycle through {[str(p) for p in seen]}")
-    data = read_yaml(path)
-    parent = data.pop("extends", None)
-    if parent is None:
-        return data
-    if not isinstance(parent, str):
-        raise ConfigError(f"{path}: extends: must be a packaged name or a file path, got {parent!r}")
-    base = read_extended_yaml(resolve(parent, path.parent), resolve, (*seen, path.resolve()))
-    return deep_merge(base, data)
 
 
 def load_level(name_or_path: str | Path) -> LevelConfig:
