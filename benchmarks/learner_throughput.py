@@ -56,6 +56,8 @@ class SequenceBatch:
     weights: Tensor
     continuation: SequenceBatch | None = None
     start: Tensor | None = None
+    demo: Tensor | None = None
+    advice: Tensor | None = None
 
 
 def random_obs(layout: ObsLayout, shape: tuple[int, ...], g: torch.Generator) -> Tensor:
@@ -154,7 +156,11 @@ def main() -> None:
     # DQN / MLP
     layout = ObsLayout.for_level(load_level("L1_full"))
     net = QNetwork(layout).to(device)
-    dqn = DQNLearner(net, DQNConfig(target_update_every=1000))
+    dqn_config = DQNConfig(
+        gamma=0.99, lr=2.5e-4, adam_eps=1e-5, grad_clip=10.0, huber_delta=1.0, double=True,
+        target_update_every=1000, tau=None,
+    )
+    dqn = DQNLearner(net, dqn_config)
     tb = transition_batch(layout, 256, g, device)
     upd, upd_ms = rate(lambda: dqn.update(tb), args.seconds, args.repeats, device)
     base, base_ms = rate(plain_step(net, lambda: net(tb.obs)), args.seconds, args.repeats, device)
@@ -167,7 +173,12 @@ def main() -> None:
     layout = ObsLayout.for_level(load_level("L2_partial"))
     burn_in, train_len, hidden = 8, 16, 256
     rnet = RecurrentQNetwork(layout, hidden_size=hidden).to(device)
-    r2d2 = RecurrentLearner(rnet, R2D2Config(burn_in=burn_in, target_update_every=2500))
+    r2d2_config = R2D2Config(
+        gamma=0.99, lr=1e-4, adam_eps=1e-3, grad_clip=40.0, huber_delta=1.0, double=True,
+        target_update_every=2500, tau=None, burn_in=burn_in, n_step=1, stored_state=True,
+        imitation_weight=0.0, margin=0.8,
+    )
+    r2d2 = RecurrentLearner(rnet, r2d2_config)
     sb = sequence_batch(layout, 32, burn_in + train_len, hidden, g, device)
     upd, upd_ms = rate(lambda: r2d2.update(sb), args.seconds, args.repeats, device)
     base, base_ms = rate(plain_step(rnet, lambda: rnet(sb.obs, (sb.h0, sb.c0))[0]), args.seconds, args.repeats, device)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from townlet.agents import QNetwork, RecurrentQNetwork
-from townlet.learn import Actor, RecurrentActor, masked_epsilon_greedy, masked_greedy, masked_random
+from townlet.agents import RecurrentQNetwork
+from townlet.learn import RecurrentActor, masked_epsilon_greedy, masked_greedy, masked_random
 
 
 def random_masks(n: int, g: torch.Generator) -> torch.Tensor:
@@ -57,17 +57,6 @@ def test_per_agent_epsilon() -> None:
     assert bool((a[: n // 2] == 1).all())
     share = (a[n // 2 :] == 1).float().mean()
     assert 0.15 < float(share) < 0.25  # uniform: 1 in 5
-
-
-def test_mlp_actor() -> None:
-    torch.manual_seed(0)
-    g = torch.Generator().manual_seed(0)
-    net = QNetwork(6, hidden=(8,))
-    obs, mask = torch.randn(16, 6), random_masks(16, g)
-    actor = Actor(net, g)
-    with torch.no_grad():
-        assert torch.equal(actor.act(obs, mask), masked_greedy(net(obs), mask))
-    assert bool(mask[torch.arange(16), actor.act(obs, mask, 1.0)].all())
 
 
 def test_recurrent_actor_carries_exposes_and_resets_memory() -> None:

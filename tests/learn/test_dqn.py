@@ -11,7 +11,7 @@ from torch import Tensor
 from tests.learn.synthetic_envs import ChainEnv
 from townlet.agents import QNetwork
 from townlet.explore import EpsilonSchedule
-from townlet.learn import Actor, DQNConfig, DQNLearner, masked_greedy
+from townlet.learn import DQNConfig, DQNLearner, masked_epsilon_greedy, masked_greedy
 from townlet.replay import TransitionReplay
 
 
@@ -28,19 +28,29 @@ class Batch:
     weights: Tensor
 
 
+def dqn_config(**changes: object) -> DQNConfig:
+    """Every field, typical values, with `changes` applied."""
+    fields: dict = {
+        "gamma": 0.99, "lr": 2.5e-4, "adam_eps": 1e-5, "grad_clip": 10.0, "huber_delta": 1.0, "double": True,
+        "target_update_every": 1000, "tau": None,
+    }  # fmt: skip
+    return DQNConfig(**(fields | changes))
+
+
 def test_dqn_solves_the_chain_with_n_step_replay() -> None:
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(0)
     n = 32
     learner = DQNLearner(
         QNetwork(ChainEnv.obs_dim, hidden=(32,)),
-        DQNConfig(gamma=0.9, lr=3e-3, adam_eps=1e-8, target_update_every=25),
+        dqn_config(gamma=0.9, lr=3e-3, adam_eps=1e-8, target_update_every=25),
     )
     replay = TransitionReplay(n * 64, n, ChainEnv.obs_dim, n_step=2, gamma=0.9)
-    env, actor, epsilon = ChainEnv(n), Actor(learner.online, g), EpsilonSchedule(1.0, 0.1, 150)
+    env, epsilon = ChainEnv(n), EpsilonSchedule(1.0, 0.1, 150)
     for step in range(300):
         obs, mask = env.obs(), env.mask()
-        actions = actor.act(obs, mask, epsilon(step))
+        with torch.no_grad():
+            actions = masked_epsilon_greedy(learner.online(obs), mask, epsilon(step), g)
         out = env.step(actions)
         replay.add(obs, mask, actions, out.rewards, out.final_obs, out.final_mask, out.terminated, out.truncated)
         if len(replay) >= 64:
@@ -85,7 +95,7 @@ def test_dqn_converges_to_value_iteration_q_values() -> None:
     eye = torch.eye(s_count)
     learner = DQNLearner(
         QNetwork(s_count, hidden=(64, 64)),
-        DQNConfig(gamma=gamma, lr=2e-3, adam_eps=1e-8, target_update_every=100, max_grad_norm=10.0),
+        dqn_config(gamma=gamma, lr=2e-3, adam_eps=1e-8, target_update_every=100, grad_clip=10.0),
     )
     for _ in range(3000):
         i = pairs[torch.randint(len(pairs), (128,), generator=g)]
@@ -126,7 +136,7 @@ def small_batch(b: int = 8, dim: int = 4, g: torch.Generator | None = None) -> B
 
 def test_update_returns_detached_tensor_stats() -> None:
     torch.manual_seed(0)
-    learner = DQNLearner(QNetwork(4, hidden=(8,)))
+    learner = DQNLearner(QNetwork(4, hidden=(8,)), dqn_config())
     stats = learner.update(small_batch())
     assert set(stats) == {"loss", "q_mean", "target_mean", "td_abs", "td_abs_mean", "grad_norm"}
     for v in stats.values():
@@ -139,7 +149,7 @@ def test_importance_weights_scale_each_sample() -> None:
     """A zero-weight sample contributes no gradient; doubling all weights doubles the loss."""
     torch.manual_seed(0)
     net = QNetwork(4, hidden=(8,))
-    learner = DQNLearner(net, DQNConfig(lr=0.0, max_grad_norm=None))
+    learner = DQNLearner(net, dqn_config(lr=0.0, grad_clip=None))
     batch = small_batch(2)
     batch.weights = torch.tensor([1.0, 0.0])
     learner.update(batch)
@@ -161,7 +171,7 @@ def test_importance_weights_scale_each_sample() -> None:
 @pytest.mark.parametrize("tau", [None, 0.1])
 def test_target_network_schedule(tau: float | None) -> None:
     torch.manual_seed(0)
-    learner = DQNLearner(QNetwork(4, hidden=(8,)), DQNConfig(lr=1e-2, target_update_every=3, tau=tau))
+    learner = DQNLearner(QNetwork(4, hidden=(8,)), dqn_config(lr=1e-2, target_update_every=3, tau=tau))
     first = [p.clone() for p in learner.target.parameters()]
     assert all(not p.requires_grad for p in learner.target.parameters())
     for _ in range(2):
@@ -176,10 +186,10 @@ def test_target_network_schedule(tau: float | None) -> None:
 
 def test_checkpoint_round_trip() -> None:
     torch.manual_seed(0)
-    a = DQNLearner(QNetwork(4, hidden=(8,)), DQNConfig(target_update_every=2))
+    a = DQNLearner(QNetwork(4, hidden=(8,)), dqn_config(target_update_every=2))
     for _ in range(3):
         a.update(small_batch())
-    b = DQNLearner(QNetwork(4, hidden=(8,)), DQNConfig(target_update_every=2))
+    b = DQNLearner(QNetwork(4, hidden=(8,)), dqn_config(target_update_every=2))
     b.load_state_dict(a.state_dict())
     assert b.updates == 3
     sa, sb = a.update(small_batch()), b.update(small_batch())

@@ -15,6 +15,16 @@ from townlet.learn import R2D2Config, RecurrentActor, RecurrentLearner, compute_
 from townlet.replay import SequenceReplay
 
 
+def r2d2_config(**changes: object) -> R2D2Config:
+    """Every field, typical values (R2D2's paper: adam_eps 1e-3, grad_clip 40), with `changes` applied."""
+    fields: dict = {
+        "gamma": 0.99, "lr": 1e-4, "adam_eps": 1e-3, "grad_clip": 40.0, "huber_delta": 1.0, "double": True,
+        "target_update_every": 2500, "tau": None, "burn_in": 8, "n_step": 1, "stored_state": True,
+        "imitation_weight": 0.0, "margin": 0.8,
+    }  # fmt: skip
+    return R2D2Config(**(fields | changes))
+
+
 def train(
     env: ChainEnv | CueEnv,
     learner: RecurrentLearner,
@@ -47,7 +57,7 @@ def train_chain(split_episodes: bool = False) -> RecurrentQNetwork:
     g = torch.Generator().manual_seed(0)
     n, hidden = 32, 32
     net = RecurrentQNetwork(ChainEnv.obs_dim, hidden_size=hidden, encoder_hidden=(32,), head_hidden=32)
-    learner = RecurrentLearner(net, R2D2Config(burn_in=2, gamma=0.9, lr=1e-3, adam_eps=1e-8, target_update_every=50))
+    learner = RecurrentLearner(net, r2d2_config(burn_in=2, gamma=0.9, lr=1e-3, adam_eps=1e-8, target_update_every=50))
     replay = SequenceReplay(n * 64, n, ChainEnv.obs_dim, burn_in=2, train_len=4, hidden_size=hidden,
                             split_episodes=split_episodes)  # fmt: skip
     train(ChainEnv(n), learner, replay, 800, EpsilonSchedule(1.0, 0.1, 400), g)
@@ -133,8 +143,8 @@ def train_on_cue(stored_state_and_burn_in: bool, seed: int = 0) -> float:
     burn_in = 8 if stored_state_and_burn_in else 0
     # forget_bias=3: memory that persists by default, so the only difference is what the learner sees.
     net = RecurrentQNetwork(3, hidden_size=hidden, encoder_hidden=(32,), head_hidden=32, forget_bias=3.0)
-    cfg = R2D2Config(burn_in=burn_in, gamma=0.95, lr=1e-3, adam_eps=1e-8, max_grad_norm=10.0,
-                     target_update_every=1, tau=0.02)  # fmt: skip
+    cfg = r2d2_config(burn_in=burn_in, gamma=0.95, lr=1e-3, adam_eps=1e-8, grad_clip=10.0,
+                      target_update_every=1, tau=0.02)  # fmt: skip
     learner = RecurrentLearner(net, cfg)
     replay = SequenceReplay(n * 100, n, 3, burn_in=burn_in, train_len=8, hidden_size=hidden)
     train(CueEnv(n, g), learner, replay, 700, EpsilonSchedule(1.0, 0.1, 350), g,
@@ -146,7 +156,7 @@ def test_stored_state_and_burn_in_remember_beyond_the_training_window() -> None:
     assert train_on_cue(stored_state_and_burn_in=True) >= 0.95
 
 
-def test_zero_start_state_without_burn_in_cannot_learn_the_cue() -> None:
+def test_zero_state_without_burn_in_cannot_learn_the_cue() -> None:
     # Why the design exists: no 8-step window ever contains the cue, so this stays at chance.
     assert 0.35 <= train_on_cue(stored_state_and_burn_in=False) <= 0.65
 
@@ -156,7 +166,7 @@ def test_training_update_leaves_the_rollout_state_untouched() -> None:
     g = torch.Generator().manual_seed(0)
     n, hidden = 8, 16
     net = RecurrentQNetwork(3, hidden_size=hidden, encoder_hidden=(16,), head_hidden=16)
-    learner = RecurrentLearner(net, R2D2Config(burn_in=2, lr=1e-2, target_update_every=1))
+    learner = RecurrentLearner(net, r2d2_config(burn_in=2, lr=1e-2, target_update_every=1))
     replay = SequenceReplay(n * 32, n, 3, burn_in=2, train_len=4, hidden_size=hidden)
     actor = random_rollout(ChainEnv(n), net, replay, 12, g)
     h_ref, c_ref = actor.state
@@ -170,34 +180,6 @@ def test_training_update_leaves_the_rollout_state_untouched() -> None:
     assert torch.equal(actor.h, h_before) and torch.equal(actor.c, c_before)
 
 
-def test_state_refresh_for_the_next_sequence() -> None:
-    """refresh_offset = stride: the online state after `stride` steps is the start state of the sequence
-    `num_envs` ids later; it matches a fresh unroll, is zero after an episode end there, and is flagged
-    unusable when an episode ended earlier."""
-    torch.manual_seed(0)
-    g = torch.Generator().manual_seed(0)
-    n, hidden = 4, 8
-    net = RecurrentQNetwork(3, hidden_size=hidden, encoder_hidden=(8,), head_hidden=None)
-    learner = RecurrentLearner(net, R2D2Config(burn_in=2, refresh_offset=3))
-    replay = SequenceReplay(n * 40, n, 3, burn_in=2, train_len=3, stride=3, hidden_size=hidden)
-    random_rollout(ChainEnv(n, max_steps=4), net, replay, 30, g)
-    batch = replay.sample(64, g)
-    with torch.no_grad():
-        _, (h_exp, c_exp) = net(batch.obs[:, :3], (batch.h0, batch.c0))
-    h, c, ok = learner.refresh_states(batch, 3)
-    done = batch.terminated | batch.truncated
-    ended_at_2 = done[:, 2] & ok
-    assert torch.equal(ok, batch.valid[:, 2])
-    assert bool(ok.any()) and bool((~ok).any()) and bool(ended_at_2.any())
-    torch.testing.assert_close(h[:, ok & ~ended_at_2], h_exp[:, ok & ~ended_at_2])
-    torch.testing.assert_close(c[:, ok & ~ended_at_2], c_exp[:, ok & ~ended_at_2])
-    assert not h[:, ended_at_2].any() and not c[:, ended_at_2].any()
-    stats = learner.update(batch)
-    assert stats["h_refresh"].shape == (1, 64, hidden) and stats["refresh_ok"].shape == (64,)
-    keep = stats["refresh_ok"]
-    replay.update_states(batch.indices[keep] + n, stats["h_refresh"][:, keep], stats["c_refresh"][:, keep])
-
-
 def test_update_trains_and_prioritises_the_continuation_steps() -> None:
     """The update's td_abs/valid cover the steps after each sequence's first episode end, with the TD
     errors of a zero-state unroll from that episode's start."""
@@ -205,7 +187,7 @@ def test_update_trains_and_prioritises_the_continuation_steps() -> None:
     g = torch.Generator().manual_seed(0)
     n, hidden, burn_in, train_len = 4, 8, 2, 4
     net = RecurrentQNetwork(3, hidden_size=hidden, encoder_hidden=(8,), head_hidden=8)
-    learner = RecurrentLearner(net, R2D2Config(burn_in=burn_in, lr=1e-2, n_step=2))
+    learner = RecurrentLearner(net, r2d2_config(burn_in=burn_in, lr=1e-2, n_step=2))
     replay = SequenceReplay(n * 40, n, 3, burn_in=burn_in, train_len=train_len, hidden_size=hidden,
                             prioritized=True, split_episodes=True)  # fmt: skip
     random_rollout(ChainEnv(n, max_steps=3), net, replay, 30, g)
@@ -238,8 +220,8 @@ def demo_gaps(imitation_weight: float) -> list[float]:
     g = torch.Generator().manual_seed(0)
     n, hidden = 32, 32
     net = RecurrentQNetwork(ChainEnv.obs_dim, hidden_size=hidden, encoder_hidden=(32,), head_hidden=32)
-    config = R2D2Config(burn_in=2, gamma=0.9, lr=1e-3, adam_eps=1e-8, target_update_every=50,
-                        imitation_weight=imitation_weight)  # fmt: skip
+    config = r2d2_config(burn_in=2, gamma=0.9, lr=1e-3, adam_eps=1e-8, target_update_every=50,
+                         imitation_weight=imitation_weight)  # fmt: skip
     learner = RecurrentLearner(net, config)
     replay = SequenceReplay(n * 64, n, ChainEnv.obs_dim, burn_in=2, train_len=4, hidden_size=hidden)
     env, actor = ChainEnv(n), RecurrentActor(net, n, generator=g)

@@ -222,11 +222,11 @@ def test_n_step_sequence_targets_match_a_stepwise_reference(n_step: int) -> None
     torch.testing.assert_close(y[1, 1], y1[1, 1])  # the terminal step itself: its reward only
 
 
-def test_zero_start_state_ignores_the_stored_state() -> None:
+def test_without_stored_state_sequences_start_from_zeros() -> None:
     online, target = nets()
     batch = sequence_batch()
     zero = replace(batch, h0=torch.zeros_like(batch.h0), c0=torch.zeros_like(batch.c0))
-    ignored = sequence_td(batch, online, target, BURN, GAMMA, zero_start_state=True)
+    ignored = sequence_td(batch, online, target, BURN, GAMMA, stored_state=False)
     reference = sequence_td(zero, online, target, BURN, GAMMA)
     torch.testing.assert_close(ignored.targets, reference.targets, rtol=0, atol=0)
     torch.testing.assert_close(ignored.q_taken, reference.q_taken, rtol=0, atol=0)
@@ -324,7 +324,10 @@ def test_sequence_loss_is_a_weighted_mean_over_valid_steps() -> None:
 
 def test_recurrent_update_stats_and_target_sync() -> None:
     online, _ = nets()
-    learner = RecurrentLearner(online, R2D2Config(burn_in=BURN, target_update_every=2, tau=0.5))
+    learner = RecurrentLearner(online, R2D2Config(
+        gamma=0.99, lr=1e-4, adam_eps=1e-3, grad_clip=40.0, huber_delta=1.0, double=True, target_update_every=2,
+        tau=0.5, burn_in=BURN, n_step=1, stored_state=True, imitation_weight=0.0, margin=0.8,
+    ))
     batch = sequence_batch()
     stats = learner.update(batch)
     assert stats["td_abs"].shape == stats["valid"].shape == (B, TRAIN)
@@ -334,8 +337,6 @@ def test_recurrent_update_stats_and_target_sync() -> None:
     learner.update(batch)
     for old, new, on in zip(before, learner.target.parameters(), learner.online.parameters(), strict=True):
         torch.testing.assert_close(new, 0.5 * old + 0.5 * on.detach())
-    with pytest.raises(ValueError, match="refresh offset"):
-        learner.refresh_states(batch, 0)
 
 
 def test_join_continuation_fills_the_steps_after_the_first_episode_end() -> None:

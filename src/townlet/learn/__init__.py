@@ -1,7 +1,6 @@
 """Learners (DQN, R2D2), their target math, and acting (masked ε-greedy, recurrent rollout memory)."""
 
 from townlet.learn.acting import (
-    Actor,
     RecurrentActor,
     RecurrentStep,
     masked_epsilon_greedy,
@@ -25,7 +24,6 @@ from townlet.learn.target_sync import TargetSync, hard_update, polyak_update
 from townlet.learn.targets import double_q_targets, huber, masked_argmax
 
 __all__ = [
-    "Actor",
     "DQNConfig",
     "DQNLearner",
     "OnlineTargetLearner",

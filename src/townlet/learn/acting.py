@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from townlet.agents.networks import LSTMState, RecurrentQNetwork
 from townlet.learn.targets import masked_argmax
@@ -37,18 +37,6 @@ def masked_epsilon_greedy(
         return greedy
     explore = torch.rand(q.shape[:-1], generator=generator, device=q.device) < epsilon
     return torch.where(explore, masked_random(mask, generator), greedy)
-
-
-class Actor:
-    """Masked ε-greedy acting with a feed-forward Q-network (no memory)."""
-
-    def __init__(self, network: nn.Module, generator: torch.Generator | None = None) -> None:
-        self.network = network
-        self.generator = generator
-
-    @torch.no_grad()
-    def act(self, obs: Tensor, mask: Tensor, epsilon: float | Tensor = 0.0) -> Tensor:
-        return masked_epsilon_greedy(self.network(obs), mask, epsilon, self.generator)
 
 
 class RecurrentStep(NamedTuple):

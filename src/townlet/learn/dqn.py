@@ -38,8 +38,8 @@ class DQNLearner(OnlineTargetLearner):
     """`update(batch)` does one gradient step and returns detached stats; the runner feeds `td_abs` to a
     prioritized replay if it has one."""
 
-    def __init__(self, network: nn.Module, config: DQNConfig | None = None) -> None:
-        super().__init__(network, config or DQNConfig())
+    def __init__(self, network: nn.Module, config: DQNConfig) -> None:
+        super().__init__(network, config)
 
     def compute_targets(self, batch: TransitionBatchLike) -> Tensor:
         c = self.config

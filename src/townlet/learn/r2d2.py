@@ -23,25 +23,19 @@ from townlet.learn.targets import double_q_targets, huber
 
 @dataclass
 class R2D2Config(OptimConfig):
-    """`burn_in` must match the replay's. `n_step`: bootstrap n steps ahead (fewer at a window or episode
-    end), which carries a death's penalty back n times faster per target sync. `zero_start_state`: ignore
-    the stored state and start every sequence from zeros (the seed-era method, kept for the memory
-    ablation). `refresh_offset`: if set, `update` also returns the online
-    net's state after that many steps of each sequence (`h_refresh`, `c_refresh`, `refresh_ok`) for the
-    replay's `update_states`. `imitation_weight` > 0 adds DQfD's large-margin loss on the batch's `demo`
-    sequences (a guide's actions): the demonstrated action's Q must beat every other valid action's by
-    `margin`, so what a guide does is learned as a preference and not only valued off-policy."""
+    """No defaults (the run config has them). `burn_in` must match the replay's. `n_step`: bootstrap n steps
+    ahead (fewer at a window or episode end), which carries a death's penalty back n times faster per target
+    sync. `stored_state`: True, every sequence starts from the LSTM state the replay stored with it; False,
+    from zeros (the seed-era method, kept for the memory ablation). `imitation_weight` > 0 adds DQfD's
+    large-margin loss on the batch's `demo` sequences (a guide's actions): the demonstrated action's Q must
+    beat every other valid action's by `margin`, so what a guide does is learned as a preference and not only
+    valued off-policy."""
 
-    burn_in: int = 8
-    n_step: int = 1
-    zero_start_state: bool = False
-    lr: float = 1e-4
-    adam_eps: float = 1e-3
-    max_grad_norm: float | None = 40.0
-    target_update_every: int = 2500
-    refresh_offset: int | None = None
-    imitation_weight: float = 0.0
-    margin: float = 0.8
+    burn_in: int
+    n_step: int
+    stored_state: bool
+    imitation_weight: float
+    margin: float
 
 
 @dataclass
@@ -118,18 +112,18 @@ def sequence_td(
     gamma: float,
     double: bool = True,
     n_step: int = 1,
-    zero_start_state: bool = False,
+    stored_state: bool = True,
 ) -> SequenceTD:
-    """Unroll both nets from the stored state and build the per-step n-step Double-DQN targets
-    (see `n_step_targets`; with n_step=1: r_t + gamma * (1 - terminated_t) * Q_target(obs_{t+1})[a*],
-    a* = argmax over valid actions (masks[:, t + 1]) of the online Q at t + 1).
+    """Unroll both nets from the stored state (from zeros if not `stored_state`: the ablation) and build the
+    per-step n-step Double-DQN targets (see `n_step_targets`; with n_step=1: r_t + gamma * (1 - terminated_t) *
+    Q_target(obs_{t+1})[a*], a* = argmax over valid actions (masks[:, t + 1]) of the online Q at t + 1).
 
     With a `continuation` the result also covers the steps after each sequence's first episode end, from the
     continuation (burn-in 0, zero start state; see `join_continuation`). Both go through each net in one call
     (the sequences' training part padded at its end), which on a CPU costs far less than a second unroll."""
     obs, valid = _sanitize(batch)
     _check_unroll(batch, burn_in, n_step)
-    start = _start_state(batch, zero_start_state)
+    start = _start_state(batch, stored_state)
     state = _burn_in(online, obs, start, burn_in)
     cont = batch.continuation
     if cont is None:
@@ -159,10 +153,10 @@ def _check_unroll(batch: SequenceBatchLike, burn_in: int, n_step: int) -> None:
         raise ValueError(f"n_step must be >= 1, got {n_step}")
 
 
-def _start_state(batch: SequenceBatchLike, zero: bool) -> LSTMState:
-    if zero:
-        return torch.zeros_like(batch.h0), torch.zeros_like(batch.c0)
-    return batch.h0, batch.c0
+def _start_state(batch: SequenceBatchLike, stored: bool) -> LSTMState:
+    if stored:
+        return batch.h0, batch.c0
+    return torch.zeros_like(batch.h0), torch.zeros_like(batch.c0)
 
 
 def _cat_state(a: LSTMState, b: LSTMState) -> LSTMState:
@@ -280,8 +274,7 @@ class RecurrentLearner(OnlineTargetLearner):
     """R2D2 learner. `update(batch)` returns detached stats; `td_abs` and `valid` ([B, train_len]) go to
     `SequenceReplay.update_priorities(batch.indices, td_abs, valid)`."""
 
-    def __init__(self, network: nn.Module, config: R2D2Config | None = None) -> None:
-        config = config or R2D2Config()
+    def __init__(self, network: nn.Module, config: R2D2Config) -> None:
         super().__init__(network, config)
         self.config: R2D2Config = config
 
@@ -289,12 +282,9 @@ class RecurrentLearner(OnlineTargetLearner):
         """One step on the sequences and their continuations, if any. Stats: loss, q_mean (valid steps),
         td_abs [B, L], valid [B, L] (both over the sequences' training steps, continuations included), td_abs_mean,
         grad_norm; with `imitation_weight` and a batch with `demo`, imitation (the large-margin loss, already in
-        loss); with `refresh_offset`, also h_refresh/c_refresh [layers, B, H] and refresh_ok [B]."""
+        loss)."""
         c = self.config
-        refreshed = self.refresh_states(batch, c.refresh_offset) if c.refresh_offset is not None else None
-        td = sequence_td(
-            batch, self.online, self.target, c.burn_in, c.gamma, c.double, c.n_step, c.zero_start_state
-        )
+        td = sequence_td(batch, self.online, self.target, c.burn_in, c.gamma, c.double, c.n_step, c.stored_state)
         loss, td_abs = sequence_loss(td, batch.weights, c.huber_delta)
         imitation = None
         if c.imitation_weight > 0 and batch.demo is not None:
@@ -313,21 +303,4 @@ class RecurrentLearner(OnlineTargetLearner):
         }
         if imitation is not None:
             stats["imitation"] = imitation.detach()
-        if refreshed is not None:
-            stats["h_refresh"], stats["c_refresh"], stats["refresh_ok"] = refreshed
         return stats
-
-    @torch.no_grad()
-    def refresh_states(self, batch: SequenceBatchLike, offset: int) -> tuple[Tensor, Tensor, Tensor]:
-        """The online net's state before obs[:, offset], unrolled from the stored state with the current
-        weights: (h, c, ok). Zeros where an episode ended exactly at step offset - 1 (a new episode starts);
-        ok [B] is False where an episode ended earlier (the state there is unknown)."""
-        t_total = batch.actions.shape[1]
-        if not 1 <= offset <= t_total:
-            raise ValueError(f"refresh offset {offset} must be in [1, {t_total}]")
-        obs, valid = _sanitize(batch)
-        h, c = self.online(obs[:, :offset], (batch.h0, batch.c0))[1]
-        ended = (batch.terminated[:, offset - 1] | batch.truncated[:, offset - 1]).bool()
-        ok = valid[:, offset - 1]  # valid is a prefix: True here means no episode ended before this step
-        keep = (~ended).view(1, -1, 1)
-        return torch.where(keep, h, 0.0), torch.where(keep, c, 0.0), ok
