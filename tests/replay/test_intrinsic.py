@@ -117,7 +117,7 @@ def test_with_intrinsic_mixes_the_continuations_too(stream_factory) -> None:
 
 
 def test_with_intrinsic_needs_intrinsic_rewards() -> None:
-    hand_built = TransitionBatch(*(torch.zeros(2) for _ in range(10)))  # as the learner tests build them
+    hand_built = TransitionBatch(*(torch.zeros(2) for _ in range(11)))  # as the learner tests build them
     assert hand_built.intrinsic is None
     assert with_intrinsic(hand_built, 0.0).rewards is hand_built.rewards
     with pytest.raises(ValueError, match="no intrinsic"):
@@ -133,13 +133,13 @@ def test_state_dict_round_trip_keeps_intrinsic_rewards(stream_factory) -> None:
         a, b = make(), make()
         fill(a, stream)
         state = a.state_dict()
-        assert any(t is a._intrinsic for t in state["tensors"])
+        assert state["buffers"]["intrinsic"] is a._intrinsic
         b.load_state_dict(state)
         x, y = a.sample(32, torch.Generator().manual_seed(5)), b.sample(32, torch.Generator().manual_seed(5))
         assert torch.equal(x.indices, y.indices) and torch.equal(x.intrinsic, y.intrinsic)
         assert x.intrinsic.ne(0).any()
-        with pytest.raises(ValueError, match="tensors"):  # a state missing the intrinsic ring is refused
-            b.load_state_dict({"total": 0, "tensors": [t for t in state["tensors"] if t is not a._intrinsic]})
+        with pytest.raises(ValueError, match="missing: intrinsic"):  # a state without the intrinsic ring is refused
+            b.load_state_dict({"total": 0, "buffers": {k: t for k, t in state["buffers"].items() if k != "intrinsic"}})
 
 
 @pytest.mark.parametrize(

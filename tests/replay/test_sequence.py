@@ -36,6 +36,7 @@ def by_index(batch: SequenceBatch) -> dict[int, int]:
 def check_sequence(buf: SequenceReplay, batch: SequenceBatch, i: int, stream) -> tuple[int, int]:
     """Batch row i must equal the stream from the sequence's start step (first-end substitution applied)."""
     k, env = divmod(int(batch.indices[i]), buf.num_envs)
+    assert int(batch.agents[i]) == env
     start, steps = k * buf.stride, buf.burn_in + buf.train_len
     raw = stream.steps[start : start + steps + 1]
     end = next((t for t in range(steps) if raw[t]["terminated"][env] or raw[t]["truncated"][env]), None)
@@ -216,38 +217,6 @@ def test_wrapped_ring_never_samples_overwritten_data(stream_factory) -> None:
     assert live == {8}  # steps 15..22 are stored: only the sequence from step 16 is whole
 
 
-def test_update_states_writes_back_and_skips_overwritten(stream_factory) -> None:
-    stream = stream_factory(30, 2, 3, layers=2)
-    buf = make(24, 2, 3, lstm_layers=2)  # 12 rows, 6 slots
-    fill(buf, stream, 0, 10)
-    assert len(buf) == 6  # k = 0, 1, 2
-    ids = torch.tensor([0, 3, 4])  # (k, env) = (0, 0), (1, 1), (2, 0)
-    new_h = torch.full((2, 3, 3), 7.0)
-    new_c = torch.arange(18.0).view(2, 3, 3)
-    buf.update_states(ids, new_h, new_c)
-    batch = buf.sample(256, torch.Generator().manual_seed(0))
-    for idx, i in by_index(batch).items():
-        k, env = divmod(idx, 2)
-        if idx in (0, 3, 4):
-            assert (batch.h0[:, i] == 7.0).all()
-            assert torch.equal(batch.c0[:, i], new_c[:, [0, 3, 4].index(idx)])
-        else:
-            assert torch.equal(batch.h0[:, i], stream.steps[2 * k]["h"][:, env])
-    # after the ring wraps past k = 0..2, writing back their old ids must not touch the new sequences
-    fill(buf, stream, 10, 30)
-    buf.update_states(ids, new_h, new_c)
-    assert check_all(buf, stream) == {(k, e) for k in (9, 10, 11, 12) for e in range(2)}
-    # (9, 0) and (10, 1) are live; `keep` drops the second; (13, 0) has started but is incomplete: skipped
-    ids = torch.tensor([9 * 2, 10 * 2 + 1, 13 * 2])
-    buf.update_states(ids, torch.zeros(2, 3, 3), torch.zeros(2, 3, 3), keep=torch.tensor([True, False, True]))
-    batch = buf.sample(256, torch.Generator().manual_seed(1))
-    assert (batch.h0[:, batch.indices == 18] == 0).all() and (batch.c0[:, batch.indices == 18] == 0).all()
-    assert torch.equal(batch.h0[:, by_index(batch)[21]], stream.steps[20]["h"][:, 1])
-    fill(buf, stream, 0, 6)  # 6 more steps (the stream's first ones, reused) complete sequence 13
-    batch = buf.sample(512, torch.Generator().manual_seed(2))
-    assert torch.equal(batch.h0[:, by_index(batch)[26]], stream.steps[26]["h"][:, 0])  # the rollout's state
-
-
 def test_prioritized_sampling_weights_and_formula(stream_factory) -> None:
     stream = stream_factory(9, 2, 3)
     buf = make(24, 2, 3, burn_in=1, stride=4, prioritized=True)  # T = 4, 12 rows, 3 slots
@@ -411,10 +380,6 @@ def test_write_backs_reject_bad_shapes(stream_factory) -> None:
         buf.update_priorities(ids, torch.zeros(2, 5), ok_valid)
     with pytest.raises(ValueError, match=r"valid: .*dtype"):
         buf.update_priorities(ids, ok_td, ok_valid.float())
-    with pytest.raises(ValueError, match=r"h: .*shape"):
-        buf.update_states(ids, torch.zeros(1, 3, 3), torch.zeros(1, 2, 3))
-    with pytest.raises(ValueError, match="indices: expected a 1-D"):
-        buf.update_states([0, 1], torch.zeros(1, 2, 3), torch.zeros(1, 2, 3))
     buf.update_priorities(ids[:0], ok_td[:0], ok_valid[:0])  # an empty update is a no-op
     assert torch.equal(buf.sample(8).weights, torch.ones(8))
 
@@ -492,6 +457,40 @@ def test_state_dict_round_trip_restores_contents_counters_and_priorities(stream_
     assert torch.equal(x.indices, y.indices) and torch.equal(x.obs, y.obs) and torch.equal(x.weights, y.weights)
     with pytest.raises(ValueError, match="different capacity"):
         make(20, 2, 3, prioritized=True).load_state_dict(a.state_dict())
+
+
+def test_state_dict_buffers_are_named_and_checked_by_name(tmp_path, l2_layout) -> None:
+    """Compact obs rings contribute their parts under prefixed names; a replay built without advice has no
+    advice rows, so a checkpoint of one with advice is refused naming the buffer; weights_only loads it."""
+    a = make(40, 2, l2_layout, advice=True)
+    names = set(a.state_dict()["buffers"])
+    assert {"obs.discrete", "obs.floats", "final_obs.discrete", "final_obs.floats", "h", "c", "advice"} <= names
+    assert a.nbytes == sum(t.numel() * t.element_size() for t in a.state_dict()["buffers"].values())
+    torch.save(a.state_dict(), tmp_path / "replay.pt")
+    make(40, 2, l2_layout, advice=True).load_state_dict(torch.load(tmp_path / "replay.pt", weights_only=True))
+    with pytest.raises(ValueError, match=r"SequenceReplay state buffer 'advice': expected torch.uint8 \[0, 2\]"):
+        make(40, 2, l2_layout).load_state_dict(a.state_dict())
+    with pytest.raises(ValueError, match=r"SequenceReplay state: .*missing: h; unexpected: h0"):
+        buffers = dict(a.state_dict()["buffers"])
+        buffers["h0"] = buffers.pop("h")
+        make(40, 2, l2_layout, advice=True).load_state_dict({"total": 0, "buffers": buffers})
+
+
+def test_agents_name_the_agent_each_sequence_came_from(stream_factory) -> None:
+    """Every obs of the stream identifies its agent (obs[..., 0] = 1000 t + 10 env, + 0.5 for a final obs): each
+    sampled row's agent, and its continuation's, is `agents`, so no caller decodes `indices` for it."""
+    stream = stream_factory(30, 3, 3, terminated={(4, 0), (11, 2), (12, 1)}, truncated={(7, 1), (20, 2)})
+    buf = make(3 * 12, 3, 3, split_episodes=True, prioritized=True)
+    fill(buf, stream)
+    batch = buf.sample(128, torch.Generator().manual_seed(0))
+    assert batch.agents.dtype == torch.int64 and batch.agents.shape == (128,)
+    for part in (batch, batch.continuation):
+        agent_of_obs = (part.obs[..., 0] % 1000 // 10).long()  # [B, T + 1]
+        assert torch.equal(part.agents, agent_of_obs[:, 0])
+        assert bool((agent_of_obs == part.agents.view(-1, 1)).all())  # the whole window is that agent's
+        assert torch.equal(part.rewards[:, 0].long() // 100, part.agents)  # reward = t + 1 + 100 env
+    assert set(batch.agents.tolist()) == {0, 1, 2}
+    assert bool((batch.continuation.start < buf.steps_per_sequence).any())  # some continuations are real
 
 
 def test_advice_is_stored_per_step_and_sampled_with_the_sequence(stream_factory) -> None:

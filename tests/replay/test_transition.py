@@ -309,3 +309,51 @@ def test_state_dict_round_trip_restores_contents_and_counters():
     assert torch.equal(x.obs, y.obs) and torch.equal(x.rewards, y.rewards) and torch.equal(x.terminated, y.terminated)
     with pytest.raises(ValueError, match="different capacity"):
         TransitionReplay(32, 2, 3, n_step=2).load_state_dict(a.state_dict())
+
+
+def test_state_dict_names_every_buffer_and_loads_by_name(tmp_path) -> None:
+    """The checkpoint maps names to tensors (weights_only-loadable); a missing or unexpected name, or a buffer
+    of another shape or dtype, is refused naming it, and nothing is loaded."""
+    a = TransitionReplay(16, 2, 3, n_step=2)
+    b = TransitionReplay(16, 2, 3, n_step=2)
+    state = a.state_dict()
+    assert set(state) == {"total", "buffers"}
+    assert set(state["buffers"]) == {
+        "obs.discrete", "obs.floats", "next_obs.discrete", "next_obs.floats", "next_mask", "actions", "rewards",
+        "terminated", "truncated", "offsets", "discounts", "intrinsic",
+    }
+    assert state["buffers"]["rewards"] is a._rewards
+    assert a.nbytes == sum(t.numel() * t.element_size() for t in state["buffers"].values())
+    a.add(torch.ones(2, 3), torch.ones(2, 5, dtype=torch.bool), torch.tensor([1, 2]), torch.tensor([3.0, 4.0]),
+          torch.ones(2, 3), torch.ones(2, 5, dtype=torch.bool), torch.zeros(2, dtype=torch.bool),
+          torch.zeros(2, dtype=torch.bool))  # fmt: skip
+    torch.save(a.state_dict(), tmp_path / "replay.pt")
+    b.load_state_dict(torch.load(tmp_path / "replay.pt", weights_only=True))
+    assert b._total == 1 and torch.equal(b._rewards, a._rewards)
+
+    fresh = TransitionReplay(16, 2, 3, n_step=2)
+    buffers = dict(a.state_dict()["buffers"])
+    del buffers["intrinsic"]
+    with pytest.raises(ValueError, match=r"TransitionReplay state: .*missing: intrinsic; unexpected: none"):
+        fresh.load_state_dict({"total": 1, "buffers": buffers})
+    with pytest.raises(ValueError, match=r"TransitionReplay state: .*missing: none; unexpected: extra"):
+        fresh.load_state_dict({"total": 1, "buffers": {**a.state_dict()["buffers"], "extra": torch.zeros(1)}})
+    with pytest.raises(ValueError, match=r"TransitionReplay state buffer 'rewards': expected torch.float32 \[8, 2\], "
+                                         r"got torch.float64 \[8, 2\]"):
+        fresh.load_state_dict({"total": 1, "buffers": {**a.state_dict()["buffers"], "rewards": a._rewards.double()}})
+    with pytest.raises(ValueError, match="'buffers' mapping"):
+        fresh.load_state_dict({"total": 1, "tensors": list(a.state_dict()["buffers"].values())})  # the old format
+    assert fresh._total == 0 and not fresh._rewards.any()  # refused states load nothing
+
+
+def test_agents_name_the_agent_each_transition_came_from(stream_factory) -> None:
+    """Every value of the stream identifies its agent (obs[:, 0] = 1000 t + 10 env), so the agent whose data
+    each row holds is known without decoding `indices`; the ring has wrapped, so row != global step."""
+    stream = stream_factory(20, 4, 3, terminated={(5, 1)}, truncated={(9, 3)})
+    buf = TransitionReplay(4 * 8, 4, 3, n_step=3)
+    fill(buf, stream)
+    batch = buf.sample(256, torch.Generator().manual_seed(0))
+    assert batch.agents.dtype == torch.int64 and batch.agents.shape == (256,)
+    assert torch.equal(batch.agents, (batch.obs[:, 0] % 1000 // 10).long())
+    assert torch.equal(batch.agents, (batch.next_obs[:, 0] % 1000 // 10).long())
+    assert set(batch.agents.tolist()) == {0, 1, 2, 3}

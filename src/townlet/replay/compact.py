@@ -7,7 +7,7 @@ everything is float32, which is always exact.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping
 
 import torch
 from torch import Tensor
@@ -56,9 +56,9 @@ class CompactObs:
         self.floats = torch.zeros(rows, num_envs, float_dim, dtype=torch.float32, device=device)
         self._plain = disc_dim == 0  # everything float32: gathers need no reassembly
 
-    @property
-    def tensors(self) -> tuple[Tensor, Tensor]:
-        return self.discrete, self.floats
+    def buffers(self, prefix: str) -> dict[str, Tensor]:
+        """Its storage by name, `<prefix>.discrete` and `<prefix>.floats`, for the owning ring's `_buffers`."""
+        return {f"{prefix}.discrete": self.discrete, f"{prefix}.floats": self.floats}
 
     def write(self, row: int, obs: Tensor) -> None:
         """Store `obs` [num_envs, dim] at `row`; float -> int8 is exact for the discrete fields' values."""
@@ -79,7 +79,7 @@ class CompactObs:
         return out.view(*flat.shape, self.dim)
 
 
-def nbytes(tensors: Sequence[Tensor]) -> int:
+def nbytes(tensors: Iterable[Tensor]) -> int:
     """Bytes held by preallocated tensors."""
     return sum(t.numel() * t.element_size() for t in tensors)
 
@@ -120,27 +120,42 @@ def check_sample_args(batch_size: int, available: int, owner: str) -> None:
 
 
 class RingState:
-    """Checkpoint support for a ring buffer: its preallocated `_tensors` and its host-side `_total` counter."""
+    """Checkpoint support for a ring buffer: its preallocated buffers, by name (`_buffers`), and its host-side
+    `_total` counter. Loading matches buffers by name, so a checkpoint that lacks a buffer, or holds one this
+    buffer does not have, is refused by name instead of being read into the wrong tensors."""
 
     _total: int
 
-    @property
-    def _tensors(self) -> list[Tensor]:
+    def _buffers(self) -> dict[str, Tensor]:
+        """Every preallocated tensor, by a name that stays fixed across versions."""
         raise NotImplementedError
 
     def state_dict(self) -> dict[str, object]:
-        """Contents and counters, for checkpoints (tensors only: loadable with weights_only=True)."""
-        return {"total": self._total, "tensors": list(self._tensors)}
+        """`{"total": int, "buffers": {name: tensor}}`, for checkpoints (tensors only: loadable with
+        weights_only=True). The tensors are the live buffers, not copies."""
+        return {"total": self._total, "buffers": self._buffers()}
 
-    def load_state_dict(self, state: dict[str, object]) -> None:
-        tensors, own = state["tensors"], self._tensors
-        if not isinstance(tensors, list) or len(tensors) != len(own):
-            raise ValueError(f"{type(self).__name__} state: expected {len(own)} tensors")
-        for i, (dst, src) in enumerate(zip(own, tensors, strict=True)):
-            if dst.shape != src.shape or dst.dtype != src.dtype:
+    def load_state_dict(self, state: Mapping[str, object]) -> None:
+        """Copy a `state_dict()` in; ValueError (nothing changed) if its buffer names, shapes or dtypes differ."""
+        owner = type(self).__name__
+        buffers, own = state.get("buffers"), self._buffers()
+        if not isinstance(buffers, Mapping):
+            raise ValueError(f"{owner} state: expected a 'buffers' mapping of name -> tensor")
+        missing = sorted(own.keys() - buffers.keys())
+        unexpected = sorted(buffers.keys() - own.keys())
+        if missing or unexpected:
+            raise ValueError(
+                f"{owner} state: buffers differ (missing: {', '.join(missing) or 'none'}; "
+                f"unexpected: {', '.join(unexpected) or 'none'}); saved by a different version?"
+            )
+        for name, dst in own.items():
+            src = buffers[name]
+            if not isinstance(src, Tensor) or dst.shape != src.shape or dst.dtype != src.dtype:
+                got = f"{src.dtype} {list(src.shape)}" if isinstance(src, Tensor) else type(src).__name__
                 raise ValueError(
-                    f"{type(self).__name__} state tensor {i}: expected {dst.dtype} {list(dst.shape)}, "
-                    f"got {src.dtype} {list(src.shape)} (built with a different capacity or layout?)"
+                    f"{owner} state buffer {name!r}: expected {dst.dtype} {list(dst.shape)}, got {got} "
+                    "(built with a different capacity or layout?)"
                 )
-            dst.copy_(src)
+        for name, dst in own.items():
+            dst.copy_(buffers[name])  # type: ignore[arg-type]
         self._total = int(state["total"])  # type: ignore[call-overload]

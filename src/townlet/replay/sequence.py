@@ -39,7 +39,8 @@ class SequenceBatch:
     h0: Tensor  # [num_layers, B, hidden] stored LSTM state before obs[:, 0]
     c0: Tensor  # [num_layers, B, hidden]
     weights: Tensor  # [B] float32 importance weights, max 1 (ones when uniform)
-    indices: Tensor  # [B] int64 sequence ids (k * num_envs + env) for update_priorities / update_states
+    indices: Tensor  # [B] int64 sequence ids (k * num_envs + env) for update_priorities
+    agents: Tensor  # [B] int64 the agent (env) each sequence came from
     # [B, T] float32 intrinsic reward of each step, stored apart from `rewards` (None in hand-built batches);
     # mix with `townlet.replay.with_intrinsic(batch, weight)`
     intrinsic: Tensor | None = field(default=None)
@@ -172,30 +173,29 @@ class SequenceReplay(RingState):
         lo, hi = self._live_range()
         return (hi - lo) * self.num_envs
 
-    @property
-    def _tensors(self) -> list[Tensor]:
-        return [
-            *self._obs.tensors,
-            *self._final_obs.tensors,
-            self._mask,
-            self._final_mask,
-            self._actions,
-            self._rewards,
-            self._terminated,
-            self._truncated,
-            self._h,
-            self._c,
-            self._steps,
-            self._weight,
-            self._max_priority,
-            self._intrinsic,
-            self._advice,
-        ]
+    def _buffers(self) -> dict[str, Tensor]:
+        return {
+            **self._obs.buffers("obs"),
+            **self._final_obs.buffers("final_obs"),
+            "mask": self._mask,
+            "final_mask": self._final_mask,
+            "actions": self._actions,
+            "rewards": self._rewards,
+            "terminated": self._terminated,
+            "truncated": self._truncated,
+            "h": self._h,
+            "c": self._c,
+            "steps": self._steps,
+            "weight": self._weight,
+            "max_priority": self._max_priority,
+            "intrinsic": self._intrinsic,
+            "advice": self._advice,
+        }
 
     @property
     def nbytes(self) -> int:
         """Bytes of all preallocated tensors, including the dense compact final-obs ring and start states."""
-        return nbytes(self._tensors)
+        return nbytes(self._buffers().values())
 
     # ------------------------------------------------------------------ writing
     def add(
@@ -294,7 +294,7 @@ class SequenceReplay(RingState):
         rows = (slot.unsqueeze(1) * self.stride + self._steps) % self.rows  # [B, T + 1]
         flat = rows * n_env + env.unsqueeze(1)
         state = (self._h[:, slot, env], self._c[:, slot, env])
-        batch = self._window(flat, self.steps_per_sequence, state, weights, k * n_env + env)
+        batch = self._window(flat, self.steps_per_sequence, state, weights, k * n_env + env, env)
         if self.split_episodes:
             length = self.steps_per_sequence
             first_end = batch.valid & (batch.terminated | batch.truncated)
@@ -302,13 +302,19 @@ class SequenceReplay(RingState):
             src = (start.unsqueeze(1) + self._steps).clamp(max=length)  # steps of this sequence, from start
             zeros = torch.zeros_like(state[0])
             batch.continuation = self._window(
-                flat.gather(1, src), length - start, (zeros, zeros.clone()), weights, batch.indices
+                flat.gather(1, src), length - start, (zeros, zeros.clone()), weights, batch.indices, env
             )
             batch.continuation.start = start
         return batch
 
     def _window(
-        self, flat: Tensor, limit: Tensor | int, state: tuple[Tensor, Tensor], weights: Tensor, indices: Tensor
+        self,
+        flat: Tensor,
+        limit: Tensor | int,
+        state: tuple[Tensor, Tensor],
+        weights: Tensor,
+        indices: Tensor,
+        agents: Tensor,
     ) -> SequenceBatch:
         """The steps at ring positions `flat` [B, T + 1] from start state (h0, c0), valid before step `limit`
         ([B] or int) and up to the first episode end, whose final obs/mask replace the next entry."""
@@ -343,6 +349,7 @@ class SequenceReplay(RingState):
             c0=state[1],
             weights=weights,
             indices=indices,
+            agents=agents,
             intrinsic=self._intrinsic.view(-1)[steps],
             advice=self._advice.view(-1)[steps].long() if self.advice else None,
         )
@@ -375,25 +382,6 @@ class SequenceReplay(RingState):
         new = torch.where(live, priority.pow(self.priority_alpha), table[flat])
         table.scatter_reduce_(0, flat, new, "amax", include_self=False)  # duplicates: deterministic max
         self._max_priority.copy_(torch.maximum(self._max_priority, torch.where(live, priority, 0.0).max()))
-
-    def update_states(self, indices: Tensor, h: Tensor, c: Tensor, keep: Tensor | None = None) -> None:
-        """Write back refreshed start states h, c [layers, B, hidden] of sequences `indices`.
-
-        The sequence `stride` steps later of the same agent is `index + num_envs`, so a state refreshed
-        `stride` steps into a sampled sequence goes to `batch.indices + num_envs`. `keep` [B] bool (optional)
-        skips entries without a host sync; ids not currently sampleable (overwritten, or not yet complete)
-        are skipped too.
-        """
-        b = _batch_size(indices)
-        state = (self.lstm_layers, b, self.hidden_size)
-        check("h", h, state, "float", what=" [lstm_layers, B, hidden_size]")
-        check("c", c, state, "float", what=" [lstm_layers, B, hidden_size]")
-        slot, env, live = self._locate(indices)
-        if keep is not None:
-            live = live & check("keep", keep, (b,), "bool")
-        live = live.view(1, -1, 1)
-        self._h[:, slot, env] = torch.where(live, h.to(self._h.dtype), self._h[:, slot, env])
-        self._c[:, slot, env] = torch.where(live, c.to(self._c.dtype), self._c[:, slot, env])
 
 
 def _batch_size(indices: object) -> int:

@@ -32,6 +32,7 @@ class TransitionBatch:
     steps: Tensor  # [B] int64, rewards summed (1..n); the bootstrap discount is gamma**steps
     weights: Tensor  # [B] float32 importance weights (ones: uniform sampling)
     indices: Tensor  # [B] int64 flat storage indices row * num_envs + env
+    agents: Tensor  # [B] int64 the agent (env) each transition came from
     # [B] float32, discounted sum of the intrinsic rewards of the same `steps` steps as `rewards` (None in
     # hand-built batches); mix with `townlet.replay.with_intrinsic(batch, weight)`
     intrinsic: Tensor | None = field(default=None)
@@ -88,25 +89,24 @@ class TransitionReplay(RingState):
         self._discounts = torch.tensor([gamma**k for k in range(n_step)], dtype=torch.float32, device=dev)
         self._total = 0  # steps ever added; host-side so len() and sample() never sync with the device
 
-    @property
-    def _tensors(self) -> list[Tensor]:
-        return [
-            *self._obs.tensors,
-            *self._next_obs.tensors,
-            self._next_mask,
-            self._actions,
-            self._rewards,
-            self._terminated,
-            self._truncated,
-            self._offsets,
-            self._discounts,
-            self._intrinsic,
-        ]
+    def _buffers(self) -> dict[str, Tensor]:
+        return {
+            **self._obs.buffers("obs"),
+            **self._next_obs.buffers("next_obs"),
+            "next_mask": self._next_mask,
+            "actions": self._actions,
+            "rewards": self._rewards,
+            "terminated": self._terminated,
+            "truncated": self._truncated,
+            "offsets": self._offsets,
+            "discounts": self._discounts,
+            "intrinsic": self._intrinsic,
+        }
 
     @property
     def nbytes(self) -> int:
         """Bytes of all preallocated tensors (observations compact: int8 discrete fields)."""
-        return nbytes(self._tensors)
+        return nbytes(self._buffers().values())
 
     def _sampleable_rows(self) -> int:
         return max(0, min(self._total, self.rows) - (self.n_step - 1))
@@ -198,5 +198,6 @@ class TransitionReplay(RingState):
             steps=steps,
             weights=torch.ones(batch_size, dtype=torch.float32, device=self.device),
             indices=flat,
+            agents=env,
             intrinsic=intrinsic,
         )
