@@ -23,9 +23,8 @@ import sys
 from pathlib import Path
 
 from townlet.train.config import parse_overrides
-from townlet.train.evaluate import scripted_stats
 from townlet.train.experiment import Goal, Trial, run_trial, summarize, write_results
-from townlet.world import load_level
+from townlet.world import load_level, scripted_stats
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from world_throughput import machine_speed  # sibling benchmark script

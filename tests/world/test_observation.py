@@ -104,3 +104,57 @@ def test_random_layouts_are_distinct_cells_and_positions_agree():
             x, y = pos[i, a].tolist()
             assert grid[i, y, x] == a
     assert len({tuple(row.tolist()) for row in cells}) > 50  # layouts differ between agents
+
+
+def _temporal_full_view() -> World:
+    level = load_level("L3_temporal_fixed")
+    return World(level.model_copy(update={"observation": level.observation.model_copy(update={"view": "full"})}), 1)
+
+
+@pytest.mark.parametrize("view", ["full", "partial"])
+def test_decoding_gives_back_the_placed_state(view):
+    world = make_world("L1_full" if view == "full" else "L2_partial_fixed")
+    meters = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8]
+    place(world, (3, 2), meters)
+    state = world.obs_layout.decode(world.observe()[0])
+    assert (state["x"], state["y"], state["here"]) == (3, 2, -1)  # nothing at (3, 2)
+    assert state["meters"] == pytest.approx(meters)
+    assert state["hour"] is None and state["progress"] == 0.0
+    place(world, (7, 7))
+    state = world.obs_layout.decode(world.observe()[0].numpy())  # an array row decodes the same
+    assert (state["x"], state["y"]) == (7, 7)
+    place(world, (2, 2))
+    assert world.obs_layout.decode(world.observe()[0])["here"] == world.affordance_names.index("Shower")
+    with pytest.raises(ValueError, match="observation row"):
+        world.obs_layout.decode(world.observe()[0, :-1])
+
+
+@pytest.mark.parametrize("view", ["full", "partial"])
+def test_decoding_gives_back_the_hour_and_progress_on_a_temporal_level(view):
+    world = _temporal_full_view() if view == "full" else make_world("L3_temporal_fixed")
+    assert world.obs_layout.is_partial == (view == "partial")
+    for hour in range(world.config.temporal.day_length):
+        place(world, (5, 4), hour=hour)
+        assert world.obs_layout.decode(world.observe()[0])["hour"] == hour
+    place(world, (2, 2), hour=10)  # the Shower: a three-tick use
+    world.progress = torch.tensor([2])
+    state = world.obs_layout.decode(world.observe()[0])
+    assert (state["x"], state["y"], state["hour"]) == (2, 2, 10)
+    assert state["here"] == world.affordance_names.index("Shower")
+    assert state["progress"] == pytest.approx(2 / 3)
+
+
+@pytest.mark.parametrize("level", LEVEL_NAMES)
+def test_decoding_every_agent_gives_its_world_state(level):
+    world = World(level, 32, seed=7)
+    moves = torch.Generator().manual_seed(1)
+    for _ in range(5):  # a few random moves away from the spawn cells
+        world.step(torch.randint(0, 4, (32,), generator=moves))
+    obs = world.observe()
+    here = world.affordance_here().tolist()
+    for i in range(32):
+        state = world.obs_layout.decode(obs[i])
+        assert [state["x"], state["y"]] == world.positions[i].tolist()
+        assert state["meters"] == pytest.approx(world.meters[i].tolist(), abs=1e-6)
+        assert state["here"] == here[i]
+        assert state["hour"] == (world.hour[i].item() if world.config.is_temporal else None)

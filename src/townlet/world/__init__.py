@@ -2,7 +2,7 @@
 
 from townlet.world.config import LEVEL_NAMES, METER_NAMES, REWARD_MODES, ConfigError, LevelConfig, load_level
 from townlet.world.engine import ACTION_NAMES, NUM_ACTIONS, StepInfo, World
-from townlet.world.evaluate import EpisodeStats, run_episodes
+from townlet.world.evaluate import EpisodeStats, mean_ci95, run_episodes, scripted_stats, survival_summary
 from townlet.world.observation import ObsField, ObsLayout
 from townlet.world.policies import SCRIPTED_POLICIES, NeedsPolicy, RandomPolicy, make_policy, scripted_policies
 
@@ -24,6 +24,9 @@ __all__ = [
     "World",
     "load_level",
     "make_policy",
+    "mean_ci95",
     "run_episodes",
     "scripted_policies",
+    "scripted_stats",
+    "survival_summary",
 ]

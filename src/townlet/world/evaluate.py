@@ -3,14 +3,80 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
+import numpy as np
 import torch
 
+from townlet.world.config import LevelConfig
 from townlet.world.engine import World
+from townlet.world.policies import make_policy, scripted_policies
 
 ActFn = Callable[[torch.Tensor, World], torch.Tensor]
+
+# two-sided 95% Student t quantiles by degrees of freedom; beyond the table, `t95` uses an expansion
+_T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
+_Z975 = 1.959963984540054  # the normal 0.975 quantile
+
+
+def t95(df: int) -> float:
+    """The 0.975 quantile of Student's t with `df` degrees of freedom: a 95% interval's half-width factor.
+
+    Tabulated up to 10 degrees of freedom; above, the Cornish-Fisher expansion in 1/df (Abramowitz & Stegun
+    26.7.5), within 1e-4 of the exact quantile there and tending to the normal 1.96.
+    """
+    if df < 1:
+        raise ValueError(f"a t quantile needs at least 1 degree of freedom, got {df}")
+    if df in _T95:
+        return _T95[df]
+    z = _Z975
+    terms = (
+        (z**3 + z) / 4,
+        (5 * z**5 + 16 * z**3 + 3 * z) / 96,
+        (3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z) / 384,
+        (79 * z**9 + 776 * z**7 + 1482 * z**5 - 1920 * z**3 - 945 * z) / 92160,
+    )
+    return z + sum(g / df**k for k, g in enumerate(terms, start=1))
+
+
+def mean_ci95(values: Sequence[float] | np.ndarray | torch.Tensor) -> tuple[float, float]:
+    """(mean, half-width) of the Student-t 95% confidence interval for the mean of `values`.
+
+    The half-width is NaN for fewer than two values (no spread to estimate); the mean is NaN for none.
+    """
+    arr = np.asarray(values, dtype=np.float64).reshape(-1)
+    n = len(arr)
+    if n == 0:
+        return math.nan, math.nan
+    mean = float(arr.mean())
+    if n < 2:
+        return mean, math.nan
+    return mean, t95(n - 1) * float(arr.std(ddof=1)) / math.sqrt(n)
+
+
+def survival_summary(
+    lengths: Sequence[float] | np.ndarray | torch.Tensor, cap: float | None = None
+) -> dict[str, Any]:
+    """Episode lengths summarised: `episodes`, `survival_mean`, `survival_median`, `survival_p10`,
+    `survival_ci95` ([lo, hi], the Student-t 95% interval of the mean, see `mean_ci95`) and `cap_rate`
+    (the fraction of episodes that reached `cap` ticks; None without a cap).
+
+    One episode gives a NaN interval [nan, nan]; no episodes give NaN statistics (and a cap rate of NaN).
+    """
+    arr = np.asarray(lengths, dtype=np.float64).reshape(-1)
+    n = len(arr)
+    mean, half = mean_ci95(arr)
+    empty = n == 0
+    return {
+        "episodes": n,
+        "survival_mean": mean,
+        "survival_median": math.nan if empty else float(np.median(arr)),
+        "survival_p10": math.nan if empty else float(np.quantile(arr, 0.10)),
+        "survival_ci95": [mean - half, mean + half],
+        "cap_rate": None if cap is None else math.nan if empty else float((arr >= cap).mean()),
+    }
 
 
 @dataclass(frozen=True)
@@ -26,18 +92,11 @@ class EpisodeStats:
     uses_per_episode: dict[str, float]  # completed uses of each affordance, per counted episode
 
     def summary(self) -> dict[str, object]:
-        n = self.lengths.numel()
-        mean = self.lengths.mean().item()
-        std = self.lengths.std().item() if n > 1 else 0.0
-        half = 1.96 * std / math.sqrt(n) if n > 1 else 0.0
+        """`survival_summary` of the lengths (capped at `max_steps`), then `return_mean`, `causes` (episodes
+        ended by each cause), `invalid_rate` and `uses_per_episode`."""
         counts = torch.bincount(self.causes, minlength=len(self.cause_names))
         return {
-            "episodes": n,
-            "survival_mean": mean,
-            "survival_median": self.lengths.median().item(),
-            "survival_p10": torch.quantile(self.lengths, 0.10).item(),
-            "survival_ci95": [mean - half, mean + half],
-            "cap_rate": (self.lengths >= self.max_steps).float().mean().item(),
+            **survival_summary(self.lengths, self.max_steps),
             "return_mean": self.returns.mean().item(),
             "causes": {name: int(counts[i]) for i, name in enumerate(self.cause_names) if name != "running"},
             "invalid_rate": self.invalid_rate,
@@ -99,3 +158,16 @@ def run_episodes(
         uses_per_episode={a.name: u / (n * quota) for a, u in zip(world.config.affordances, uses[1:].tolist(),
                                                                    strict=True)},
     )
+
+
+def scripted_stats(
+    level: LevelConfig, episodes: int, agents: int, seed: int, device: str | torch.device = "cpu"
+) -> dict[str, dict[str, object]]:
+    """`EpisodeStats.summary` of every scripted policy of `level` (`scripted_policies`), by name: each plays
+    `episodes` episodes on its own `World(level, agents, seed=seed)` from the same start."""
+    out = {}
+    for name in scripted_policies(level):
+        world = World(level, agents, device=device, seed=seed)
+        policy = make_policy(name, world, seed)
+        out[name] = run_episodes(world, lambda obs, w, p=policy: p.act(w), episodes).summary()
+    return out

@@ -28,7 +28,6 @@ Seeding: a seed fixes every layout and spawn of every later episode. `reset(seed
 
 from __future__ import annotations
 
-import math
 import time
 from pathlib import Path
 from typing import Any, ClassVar, SupportsFloat
@@ -147,22 +146,16 @@ def _affordance_symbols(count: int) -> str:
     return symbols[:count] + "#" * max(0, count - len(symbols))
 
 
-def _ansi(
-    world: World,
-    grid: np.ndarray,
-    x: int,
-    y: int,
-    meters: np.ndarray,
-    steps: int,
-    hour: int | None,
-    cause: str,
-) -> str:
-    """A text picture of one agent's world: the grid (`@` the agent, letters the affordances) and its meters."""
+def _ansi(world: World, grid: np.ndarray, obs: np.ndarray, steps: int, cause: str) -> str:
+    """A text picture of one agent's world: the grid (`@` the agent, letters the affordances) and its meters,
+    as its observation row `obs` shows them (see `ObsLayout.decode`)."""
+    state = world.obs_layout.decode(obs)
+    x, y, here = state["x"], state["y"], state["here"]
     symbols = _affordance_symbols(world.num_affordances)
     g = grid.shape[0]
     head = f"step {steps}/{world.config.max_steps}"
-    if hour is not None:
-        head += f"  hour {hour:02d}"
+    if state["hour"] is not None:
+        head += f"  hour {state['hour']:02d}"
     if cause != "running":
         head += f"  ended: {cause}"
     lines = [head, "+" + "-" * (2 * g + 1) + "+"]
@@ -174,10 +167,9 @@ def _ansi(
             cells.append("@" if (col, row) == (x, y) else mark)
         lines.append("| " + " ".join(cells) + " |")
     lines.append("+" + "-" * (2 * g + 1) + "+")
-    here = int(grid[y, x])
     lines.append(f"at ({x}, {y}) on {world.affordance_names[here] if here >= 0 else 'nothing'}")
     lines.append("  ".join(f"{symbols[i]}={name}" for i, name in enumerate(world.affordance_names)))
-    lines.append("  ".join(f"{name} {float(v):.2f}" for name, v in zip(world.meter_names, meters, strict=True)))
+    lines.append("  ".join(f"{name} {v:.2f}" for name, v in zip(world.meter_names, state["meters"], strict=True)))
     return "\n".join(lines) + "\n"
 
 
@@ -283,19 +275,7 @@ class TownletEnv(gymnasium.Env[np.ndarray, np.int64]):
         if self.render_mode is None:
             gymnasium.logger.warn("render() called without a render_mode; create the env with render_mode='ansi'")
             return None
-        obs, lay, g = self._render_obs, self.obs_layout, self.world.grid_size
-        if "cell" in lay:
-            cell = int(np.argmax(obs[lay["cell"].slice]))
-            x, y = cell % g, cell // g
-        else:
-            x, y = (round(float(v) * (g - 1)) for v in obs[lay["position"].slice])
-        hour = None
-        if "time" in lay:
-            sin, cos = obs[lay["time"].slice]
-            day = self.config.temporal.day_length if self.config.temporal else 24
-            hour = round(math.atan2(float(sin), float(cos)) / (2 * math.pi) * day) % day
-        meters = obs[lay["meters"].slice]
-        return _ansi(self.world, self._render_grid, x, y, meters, self._render_steps, hour, self._render_cause)
+        return _ansi(self.world, self._render_grid, self._render_obs, self._render_steps, self._render_cause)
 
     def action_masks(self) -> np.ndarray:
         """bool [5]: the valid actions in the state of the last observation (sb3-contrib's masking hook)."""
@@ -413,22 +393,8 @@ class TownletVectorEnv(VectorEnv):
             gymnasium.logger.warn("render() called without a render_mode; create the env with render_mode='ansi'")
             return None
         w = self.world
-        grids = w.affordance_grid().cpu().numpy()
-        positions, meters, steps = w.positions.cpu().numpy(), w.meters.cpu().numpy(), w.steps.cpu().numpy()
-        hours = w.hour.cpu().numpy() if self.config.is_temporal else None
-        return tuple(
-            _ansi(
-                w,
-                grids[i],
-                int(positions[i, 0]),
-                int(positions[i, 1]),
-                meters[i],
-                int(steps[i]),
-                None if hours is None else int(hours[i]),
-                "running",
-            )
-            for i in range(self.num_envs)
-        )
+        grids, obs, steps = w.affordance_grid().cpu().numpy(), w.observe().cpu().numpy(), w.steps.cpu().numpy()
+        return tuple(_ansi(w, grids[i], obs[i], int(steps[i]), "running") for i in range(self.num_envs))
 
     def action_masks(self) -> np.ndarray:
         """bool [num_envs, 5]: the valid actions of every sub-environment now."""

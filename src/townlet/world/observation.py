@@ -5,7 +5,11 @@ Networks and replay read this instead of hard-coding offsets, so a level change 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from typing import Any
+
+import torch
 
 from townlet.world.config import METER_NAMES, LevelConfig
 
@@ -74,6 +78,36 @@ class ObsLayout:
     @property
     def is_temporal(self) -> bool:
         return "time" in self
+
+    def decode(self, row: Any) -> dict[str, Any]:
+        """The agent's state read back from one observation row (a tensor, array or sequence of `dim` floats).
+
+        Keys: `x`, `y` (cell), `meters` (tuple, rounded to 6 decimals), `here` (affordance id under the agent,
+        -1 for none), `hour` (None unless temporal) and `progress` (fraction of the current use, 0.0 unless
+        temporal).
+        """
+        values = torch.as_tensor(row).detach().to("cpu", torch.float64).view(-1)
+        if values.numel() != self.dim:
+            raise ValueError(f"an observation row has {self.dim} values, got {values.numel()}")
+        g = self.grid_size
+        if "cell" in self:
+            cell = int(values[self["cell"].slice].argmax())
+            x, y = cell % g, cell // g
+        else:
+            x, y = (round(v * (g - 1)) for v in values[self["position"].slice].tolist())
+        hour, progress = None, 0.0
+        if self.is_temporal:
+            sin, cos = values[self["time"].slice].tolist()
+            hour = round(math.atan2(sin, cos) * self.day_length / (2 * math.pi)) % self.day_length
+            progress = float(values[self["progress"].slice][0])
+        return {
+            "x": x,
+            "y": y,
+            "meters": tuple(round(v, 6) for v in values[self["meters"].slice].tolist()),
+            "here": int(values[self["here"].slice].argmax()) - 1,
+            "hour": hour,
+            "progress": progress,
+        }
 
     def describe(self) -> str:
         """A human-readable table of the layout."""
