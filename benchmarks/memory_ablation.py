@@ -26,10 +26,11 @@ import json
 import sys
 from pathlib import Path
 
+from townlet.config_files import deep_merge
+from townlet.train import open_run
 from townlet.train.config import parse_overrides
-from townlet.train.evaluate import load_agent, memory_wiped_stats
+from townlet.train.evaluate import greedy_stats
 from townlet.train.experiment import Trial, run_trial, summarize, write_results
-from townlet.world.config import deep_merge
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from world_throughput import machine_speed  # sibling benchmark script
@@ -55,11 +56,11 @@ def fill_memory_wiped(record: dict, agents: int = 250) -> None:
     result = record["eval"]
     if "memory_wiped" in result or not (Path(record["run_dir"]) / "checkpoints").is_dir():
         return
-    config, level, network = load_agent(Path(record["run_dir"]))
-    episodes = result["episodes"]
-    wiped = memory_wiped_stats(network, config, level, episodes, min(agents, episodes), result["seed"])
-    if wiped is not None:
-        result["memory_wiped"] = wiped
+    run = open_run(Path(record["run_dir"]))
+    policy, episodes = run.policy(), result["episodes"]
+    if policy.memory:
+        result["memory_wiped"] = greedy_stats(policy, run.level, episodes, min(agents, episodes), result["seed"],
+                                              wipe_memory=True)
 
 
 def memory_wiped_note(records: list[dict]) -> str:

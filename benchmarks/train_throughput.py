@@ -1,5 +1,5 @@
 """End-to-end training throughput: agent-steps/s of `Trainer` (act, step the world, store, learn) at a level's
-default run config, with the replay ratio actually achieved (sampled transitions per environment step).
+default run config, with the updates the learner made per 1,000 agent-steps.
 
 The baseline, measured in the same run: the plain batched world yardstick (../shared/bench) stepping the
 same number of agents with no learning at all. Goals on 2 CPU cores: >= 50,000 agent-steps/s on L1_full and
@@ -27,7 +27,7 @@ from world_throughput import yardstick_rate  # sibling benchmark script
 
 
 def measure(level: str, seconds: float, repeats: int) -> tuple[list[float], float, int, int]:
-    """(rates of each timed window, replay ratio, agents, warm-up steps) after the replay has warmed up."""
+    """(rates of each timed window, updates per 1k agent-steps, agents, warm-up steps) after warming up."""
     run_dir = Path(tempfile.mkdtemp(prefix="townlet-bench-"))
     try:
         base = load_run_config(level)
@@ -40,19 +40,19 @@ def measure(level: str, seconds: float, repeats: int) -> tuple[list[float], floa
         warmup = base.learner.learning_starts + 20 * config.agents
         while trainer.env_steps < warmup:
             trainer.collect()
-            trainer.learn()
-            trainer.episode_log.pending.clear()  # no metrics database in a benchmark
+            trainer.algorithm.update()
+            trainer.logbook.pending.clear()  # no metrics database in a benchmark
         rates = []
-        steps0, updates0 = trainer.env_steps, trainer.learner.updates
+        steps0, updates0 = trainer.env_steps, trainer.algorithm.metrics()["updates"]
         for _ in range(repeats):
             start_steps, start = trainer.env_steps, time.perf_counter()
             while time.perf_counter() - start < seconds:
                 trainer.collect()
-                trainer.learn()
-                trainer.episode_log.pending.clear()
+                trainer.algorithm.update()
+                trainer.logbook.pending.clear()
             rates.append((trainer.env_steps - start_steps) / (time.perf_counter() - start))
-        sampled = (trainer.learner.updates - updates0) * trainer.transitions_per_update
-        return rates, sampled / (trainer.env_steps - steps0), config.agents, warmup
+        updates = trainer.algorithm.metrics()["updates"] - updates0
+        return rates, 1000 * updates / (trainer.env_steps - steps0), config.agents, warmup
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)
 
@@ -66,12 +66,12 @@ def main() -> None:
     torch.set_num_threads(2)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     for level in args.levels:
-        rates, ratio, agents, warmup = measure(level, args.seconds, args.repeats)
+        rates, per_k, agents, warmup = measure(level, args.seconds, args.repeats)
         plain = yardstick_rate(agents, 1.0, 3)
         median = statistics.median(rates)
         versus = f"  plain world alone at N={agents}: {plain:,.0f} ({median / plain:.3f}x)" if plain else ""
         print(f"{level:<12} N={agents:<5} train {median:>10,.0f} agent-steps/s (median of {len(rates)} x "
-              f"{args.seconds:.0f}s after {warmup:,} warm-up steps)  replay ratio {ratio:.2f}{versus}",
+              f"{args.seconds:.0f}s after {warmup:,} warm-up steps)  {per_k:.2f} updates per 1k agent-steps{versus}",
               flush=True)
 
 

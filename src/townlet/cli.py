@@ -13,30 +13,18 @@ from rich.console import Console
 from rich.table import Table
 
 from townlet.train.checkpoint import CheckpointError
-from townlet.world import (
-    LEVEL_NAMES,
-    ConfigError,
-    World,
-    load_level,
-    make_policy,
-    run_episodes,
-    scripted_policies,
-)
+from townlet.world import LEVEL_NAMES, ConfigError, load_level, scripted_stats
 
 app = typer.Typer(help="townlet: a batched survival world for deep RL.", no_args_is_help=True)
 console = Console() if sys.stdout.isatty() else Console(width=140)
 
 
 def _scripted_table(levels: list[str], episodes: int, agents: int, seed: int, device: str) -> list[dict]:
-    rows = []
-    for level in levels:
-        config = load_level(level)
-        for name in scripted_policies(config):
-            world = World(config, agents, device=device, seed=seed)
-            policy = make_policy(name, world, seed)
-            stats = run_episodes(world, lambda obs, w, p=policy: p.act(w), episodes).summary()
-            rows.append({"level": level, "policy": name, **stats})
-    return rows
+    return [
+        {"level": level, "policy": name, **stats}
+        for level in levels
+        for name, stats in scripted_stats(load_level(level), episodes, agents, seed, device).items()
+    ]
 
 
 @app.command()
@@ -97,10 +85,7 @@ def train(
     quiet: Annotated[bool, typer.Option(help="Log lines instead of the live display.")] = False,
 ) -> None:
     """Train an agent: many agents in one batched world feed one learner; Ctrl-C stops with a checkpoint."""
-    from townlet.train import Trainer, load_run_config, parse_overrides
-    from townlet.train.checkpoint import load_latest
-    from townlet.train.config import RunConfig, load_run_config_data
-    from townlet.world.config import deep_merge
+    from townlet.train import Trainer, load_run_config, open_run, parse_overrides
 
     overrides = parse_overrides(set_ or [])
     for key, value in (("agents", agents), ("seed", seed), ("device", device), ("steps", steps)):
@@ -112,12 +97,9 @@ def train(
             overrides["steps"] = None  # the time budget alone
     try:
         if resume is not None:
-            path, state = load_latest(resume / "checkpoints")
-            base = RunConfig.model_validate(state["config"]).model_dump(mode="json")
-            config = load_run_config_data(deep_merge(base, overrides), f"{path} with --set/options")
-            trainer = Trainer(config, resume)
-            trainer.load_state(state)
-            console.print(f"resuming {resume} from {path.name} at {trainer.env_steps:,} steps")
+            run = open_run(resume)
+            trainer = run.resume(overrides)
+            console.print(f"resuming {resume} from {run.checkpoint.name} at {trainer.env_steps:,} steps")
             run_dir = resume
         else:
             config = load_run_config(target, overrides, source_note="--set/options" if overrides else "")
@@ -125,8 +107,10 @@ def train(
             trainer = Trainer(config, run_dir)
     except (ConfigError, CheckpointError) as e:
         raise _fail(str(e)) from None
-    guided = (f" ({trainer.guides.count} of them follow the scripted {config.guides.policy} policy)"
-              if trainer.guides is not None and trainer.guides.count > 0 else "")
+    config = trainer.config
+    scripted = trainer.algorithm.scripted
+    count = int(scripted.sum()) if scripted is not None else 0
+    guided = f" ({count} of them follow the scripted {config.guides.policy} policy)" if count else ""
     console.print(f"training {config.level} with {config.agents} agents{guided} -> {run_dir}")
     _run_with_display(trainer, quiet)
     console.print(f"checkpoint written; resume with: townlet train --resume {run_dir}")
@@ -148,7 +132,7 @@ def _run_with_display(trainer, quiet: bool) -> None:
                 typer.echo(
                     f"steps={p.env_steps} sps={p.steps_per_s:.0f} episodes={p.episodes} "
                     f"survival_mean={_fmt(p.survival_mean)} median={_fmt(p.survival_median, '.0f')} "
-                    f"eps={p.epsilon:.3f} loss={_fmt(p.loss, '.4f')} stage={_fmt(p.stage, '.2f')}"
+                    f"eps={_fmt(p.epsilon, '.3f')} loss={_fmt(p.loss, '.4f')} stage={_fmt(p.stage, '.2f')}"
                     + "".join(f" {k}={v:.3g}" for k, v in p.extra.items())
                 )
 
@@ -166,7 +150,7 @@ def _run_with_display(trainer, quiet: bool) -> None:
             line = (
                 f"steps {p.env_steps:,} ({p.steps_per_s:,.0f}/s)  episodes {p.episodes:,}  "
                 f"survival mean {_fmt(p.survival_mean)} median {_fmt(p.survival_median, '.0f')}  "
-                f"ε {p.epsilon:.3f}  loss {_fmt(p.loss, '.4f')}  stage {_fmt(p.stage, '.2f')}  left {left}"
+                f"ε {_fmt(p.epsilon, '.3f')}  loss {_fmt(p.loss, '.4f')}  stage {_fmt(p.stage, '.2f')}  left {left}"
             )
             if "intrinsic_weight" in p.extra:
                 line += f"  curiosity w {p.extra['intrinsic_weight']:.3g} r_int {p.extra['intrinsic_reward']:.3g}"

@@ -103,5 +103,5 @@ def test_guided_agents_live_by_the_script_and_their_episodes_stay_out_of_the_met
     for _ in range(20):
         expected = script.act(trainer.world)
         trainer.collect()
-        stored = trainer.replay._actions[(trainer.replay._total - 1) % trainer.replay.rows]
+        stored = trainer.algorithm.replay._actions[(trainer.algorithm.replay._total - 1) % trainer.algorithm.replay.rows]
         assert torch.equal(stored[6:].long(), expected[6:])

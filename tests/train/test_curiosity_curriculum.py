@@ -10,7 +10,6 @@ import torch
 from townlet.train import Trainer, load_run_config
 from townlet.train.evaluate import greedy_stats
 from townlet.train.metrics import read_metrics
-from townlet.train.runner import policy_entropy
 from townlet.world import World
 
 FAST = {
@@ -50,17 +49,17 @@ def test_curiosity_rewards_are_stored_apart_and_logged(tmp_path, kind):
                                             "curiosity": {"enabled": True, "kind": kind, "weight": 0.5}})
     trainer = Trainer(config, tmp_path / "run")
     trainer.run()
-    batch = trainer.replay.sample(64, torch.Generator().manual_seed(0))
+    batch = trainer.algorithm.replay.sample(64, torch.Generator().manual_seed(0))
     assert batch.intrinsic is not None and (batch.intrinsic > 0).all()
     assert not torch.equal(batch.intrinsic, batch.rewards)
     if kind == "counts":
-        assert trainer.rnd is None and trainer.counts.counts.sum() == trainer.env_steps  # every agent-step
+        assert trainer.algorithm.rnd is None and trainer.algorithm.counts.counts.sum() == trainer.env_steps  # every agent-step
         # a 1-step DQN batch holds single bonuses 1 / sqrt(N): N is a whole count, at most all steps so far
         n = batch.intrinsic.double().pow(-2)
         assert torch.allclose(n, n.round(), atol=1e-3) and (batch.intrinsic <= 1).all()
         assert n.max() <= trainer.env_steps and n.max() > 100  # the common pairs are well known by now
     else:
-        assert trainer.counts is None
+        assert trainer.algorithm.counts is None
     _, learner = read_metrics(tmp_path / "run")
     assert all(row["intrinsic_weight"] == 0.5 for row in learner)  # no consistent survival yet: no annealing
     assert all(row["intrinsic_reward"] > 0 for row in learner)
@@ -77,12 +76,13 @@ def test_resume_is_exact_with_curiosity_and_curriculum(tmp_path, kind):
     full.run()
     part = Trainer(config(1600), tmp_path / "part")
     part.run()
-    resumed, _ = Trainer.resume(tmp_path / "part", config(3200))
+    resumed = Trainer.resume(tmp_path / "part", {"steps": 3200})
     resumed.run()
     assert torch.equal(full.curriculum.stage, resumed.curriculum.stage)
-    for a, b in zip(full.network.state_dict().values(), resumed.network.state_dict().values(), strict=True):
+    for a, b in zip(full.algorithm.network.state_dict().values(), resumed.algorithm.network.state_dict().values(),
+                    strict=True):
         assert torch.equal(a, b)
-    assert full.annealing.weight == resumed.annealing.weight
+    assert full.algorithm.annealing.weight == resumed.algorithm.annealing.weight
     assert read_metrics(tmp_path / "full")[0] == read_metrics(tmp_path / "part")[0]
 
 
@@ -96,13 +96,6 @@ def test_evaluation_runs_at_full_difficulty(tmp_path, monkeypatch):
 
     real = evaluate_module.run_episodes
     monkeypatch.setattr(evaluate_module, "run_episodes", lambda w, *a, **k: seen.append(w) or real(w, *a, **k))
-    greedy_stats(trainer.network, config, trainer.level, 8, 4, 0)
+    greedy_stats(trainer.algorithm.greedy_policy(), trainer.level, 8, 4, 0)
     assert torch.all(seen[0].depletion == 1.0)
     assert torch.all(seen[0].reward_mode == 0)  # milestone
-
-
-def test_policy_entropy_is_normalised_over_valid_actions():
-    q = torch.tensor([[1.0, 1.0, 1.0, 1.0, 1.0], [10.0, 0.0, 0.0, 0.0, 0.0], [0.0, 5.0, 0.0, 0.0, 0.0]])
-    mask = torch.tensor([[True] * 5, [True] * 5, [False, True, False, False, False]])
-    h = policy_entropy(q, mask, temperature=1.0)
-    assert torch.allclose(h[0], torch.tensor(1.0)) and h[1] < 0.01 and h[2] == 0.0

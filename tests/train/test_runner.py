@@ -14,15 +14,9 @@ from typer.testing import CliRunner
 from townlet.cli import app
 from townlet.explore import agent_epsilons
 from townlet.train import Trainer, load_run_config, parse_overrides
-from townlet.train.checkpoint import (
-    CheckpointError,
-    atomic_write,
-    list_checkpoints,
-    load_checkpoint,
-    load_latest,
-    save_checkpoint,
-)
+from townlet.train.checkpoint import FORMAT, CheckpointError, atomic_write, load_checkpoint
 from townlet.train.metrics import read_metrics
+from townlet.train.rundir import list_checkpoints, load_latest, save_checkpoint
 from townlet.world import NUM_ACTIONS, ConfigError
 
 SMALL = {
@@ -68,13 +62,13 @@ def test_stopped_and_resumed_run_equals_uninterrupted_run(tmp_path, level, extra
     full.run()
     part = Trainer(small_config(level, 2400, **extra), tmp_path / "part")
     part.run()
-    resumed, path = Trainer.resume(tmp_path / "part", small_config(level, 4800, **extra))
-    assert path.name == "ckpt_000000002400.pt"
+    resumed = Trainer.resume(tmp_path / "part", {"steps": 4800})
+    assert resumed.resumed_at == resumed.env_steps == 2400
     resumed.run()
-    assert resumed.learner.updates == full.learner.updates > 0
-    for a, b in zip(full.network.state_dict().values(), resumed.network.state_dict().values(), strict=True):
+    assert resumed.algorithm.learner.updates == full.algorithm.learner.updates > 0
+    for a, b in zip(full.algorithm.network.state_dict().values(), resumed.algorithm.network.state_dict().values(), strict=True):
         assert torch.equal(a, b)
-    for a, b in zip(full.learner.target.state_dict().values(), resumed.learner.target.state_dict().values(),
+    for a, b in zip(full.algorithm.learner.target.state_dict().values(), resumed.algorithm.learner.target.state_dict().values(),
                     strict=True):
         assert torch.equal(a, b)
     episodes_full, _ = read_metrics(tmp_path / "full")
@@ -94,15 +88,15 @@ def test_run_config_reaches_the_world_and_the_exploration(tmp_path):
     assert torch.all(trainer.world.random_starts == 0.3)
     assert torch.all(Trainer(small_config("L0_minimal"), tmp_path / "plain").world.random_starts == 0)
     split = {**RECURRENT, "replay": {**RECURRENT["replay"], "split_episodes": True}}
-    assert Trainer(small_config("L2_partial_fixed", **split), tmp_path / "split").replay.split_episodes
-    assert not Trainer(small_config("L2_partial_fixed", **RECURRENT), tmp_path / "masked").replay.split_episodes
+    assert Trainer(small_config("L2_partial_fixed", **split), tmp_path / "split").algorithm.replay.split_episodes
+    assert not Trainer(small_config("L2_partial_fixed", **RECURRENT), tmp_path / "masked").algorithm.replay.split_episodes
     trainer.world._step_fn = trainer.world._advance  # the rest of this test needs no compiled step
     explored = torch.zeros(200)
     for _ in range(60):
         with torch.no_grad():
-            greedy = trainer.network(trainer.obs).masked_fill(~trainer.mask, float("-inf")).argmax(1)
+            greedy = trainer.algorithm.network(trainer.obs).masked_fill(~trainer.mask, float("-inf")).argmax(1)
         trainer.collect()
-        explored += (trainer.replay._actions[(trainer.replay._total - 1) % trainer.replay.rows].long() != greedy)
+        explored += (trainer.algorithm.replay._actions[(trainer.algorithm.replay._total - 1) % trainer.algorithm.replay.rows].long() != greedy)
     # agent 0 explores at ε = 0.5 (a random valid action differs from the greedy one about half the time), the
     # last at 0.5 ** 8: almost never
     assert explored[:20].mean() > 10 * max(explored[-20:].mean().item(), 0.1)
@@ -110,7 +104,7 @@ def test_run_config_reaches_the_world_and_the_exploration(tmp_path):
     world = trainer.world
     world.exploring = torch.arange(200) % 2 == 0
     world.steps = torch.where(torch.arange(200) < 100, 0, 5)
-    eps = trainer.exploration_rates()
+    eps = trainer.algorithm.exploration_rates()
     first = world.exploring & (world.steps == 0)
     assert torch.all(eps[first] == 1.0) and first.sum() == 50
     assert torch.allclose(eps[~first], agent_epsilons(0.5, 200, 7.0)[~first])
@@ -119,22 +113,22 @@ def test_run_config_reaches_the_world_and_the_exploration(tmp_path):
 def test_learning_rate_follows_its_env_step_schedule(tmp_path):
     trainer = Trainer(small_config("L0_minimal", 2000, **LR_DECAY), tmp_path / "run")
     trainer.run()
-    lr = trainer.learner.optimizer.param_groups[0]["lr"]
+    lr = trainer.algorithm.learner.optimizer.param_groups[0]["lr"]
     # set before each batch of updates (one update per 4 collect steps of 8 agents here)
     assert lr + 1e-12 >= 1e-3 + (1e-4 - 1e-3) * 2000 / 4000 and lr <= 1e-3 + (1e-4 - 1e-3) * 1960 / 4000
     trainer.config = small_config("L0_minimal", 5000, **LR_DECAY)
     trainer.run()
-    assert trainer.learner.optimizer.param_groups[0]["lr"] == pytest.approx(1e-4)  # flat after the decay
+    assert trainer.algorithm.learner.optimizer.param_groups[0]["lr"] == pytest.approx(1e-4)  # flat after the decay
     constant = Trainer(small_config("L0_minimal", 1000), tmp_path / "constant")
     constant.run()
-    assert constant.learner.optimizer.param_groups[0]["lr"] == constant.config.learner.lr
+    assert constant.algorithm.learner.optimizer.param_groups[0]["lr"] == constant.config.learner.lr
 
 
 def test_metrics_rows_match_the_run(tmp_path):
     trainer = Trainer(small_config(steps=3200), tmp_path)
     trainer.run()
     episodes, learner = read_metrics(tmp_path)
-    assert len(episodes) == trainer.episodes_done > 0
+    assert len(episodes) == trainer.logbook.episodes_done > 0
     assert [row["step"] for row in learner] == [800, 1600, 2400, 3200]
     assert all(row["cause"] in ("energy", "health", "truncated") for row in episodes)
     assert all(1 <= row["length"] <= 500 for row in episodes)
@@ -142,7 +136,7 @@ def test_metrics_rows_match_the_run(tmp_path):
     for row in episodes:  # each agent's episodes are numbered 0, 1, 2, ... in order
         per_agent.setdefault(row["agent"], []).append(row["episode"])
     assert all(ids == list(range(len(ids))) for ids in per_agent.values())
-    assert learner[-1]["updates"] == trainer.learner.updates
+    assert learner[-1]["updates"] == trainer.algorithm.learner.updates
     assert (tmp_path / "config.yaml").exists() and (tmp_path / "level.yaml").exists()
 
 
@@ -156,13 +150,13 @@ def test_stop_request_writes_a_checkpoint_and_restores_signal_handlers(tmp_path)
 
     path = trainer.run(on_progress=stop_soon, progress_every_s=0.0)
     assert 800 <= trainer.env_steps < 100_000
-    assert path.exists() and load_checkpoint(path)["env_steps"] == trainer.env_steps
+    assert path.exists() and load_checkpoint(path)["trainer"]["env_steps"] == trainer.env_steps
     assert signal.getsignal(signal.SIGTERM) == before
 
 
 def test_checkpoints_keep_the_last_k_and_skip_a_corrupt_one(tmp_path):
     for step in (100, 200, 300, 400):
-        save_checkpoint(tmp_path, step, {"format": 1, "step": torch.tensor(step)}, keep=3)
+        save_checkpoint(tmp_path, step, {"format": FORMAT, "step": torch.tensor(step)}, keep=3)
     assert [p.name for p in list_checkpoints(tmp_path)] == [f"ckpt_{s:012d}.pt" for s in (200, 300, 400)]
     newest = list_checkpoints(tmp_path)[-1]
     newest.write_bytes(newest.read_bytes()[:40])  # truncated, as if the disk filled up
@@ -183,7 +177,7 @@ class NotATensor:
 
 def test_loading_never_unpickles_arbitrary_objects(tmp_path):
     path = tmp_path / "ckpt_000000000001.pt"
-    torch.save({"format": 1, "payload": NotATensor()}, path)
+    torch.save({"format": FORMAT, "payload": NotATensor()}, path)
     with pytest.raises(CheckpointError, match="not a readable townlet checkpoint"):
         load_checkpoint(path)
     torch.save({"weights": torch.zeros(2)}, path)
@@ -235,7 +229,7 @@ def test_run_files_extend_a_level_default_or_another_file(tmp_path):
 
 
 def test_random_layout_recurrent_defaults_imitate_the_memoryless_sweep():
-    """The tuned defaults (docs/tuning.md, tenth session): on every random-layout recurrent level the network
+    """The tuned defaults (docs/tuning.md): on every random-layout recurrent level the network
     imitates needs-sweep on every agent's steps and nobody is guided; L2_memory keeps L2_partial's recipe."""
     for level in ("L2_partial", "L2_memory", "L3_temporal"):
         guides = load_run_config(level).guides
@@ -256,7 +250,7 @@ def test_cli_train_resume_and_eval(tmp_path):
     assert "resume with: townlet train --resume" in result.output
     result = runner.invoke(app, ["train", "--resume", str(run_dir), "--steps", "1500", "--quiet"])
     assert result.exit_code == 0, result.output
-    assert load_latest(run_dir / "checkpoints")[1]["env_steps"] == 1500
+    assert load_latest(run_dir / "checkpoints")[1]["trainer"]["env_steps"] == 1500
     result = runner.invoke(app, ["eval", str(run_dir), "--episodes", "20", "--agents", "10", "--json"])
     assert result.exit_code == 0, result.output
     summary = json.loads(result.output)
@@ -302,14 +296,17 @@ class _StateSpy(torch.nn.Module):
 
 
 def test_wiped_memory_hands_the_net_a_zero_state_every_step(tmp_path):
-    from townlet.train.evaluate import greedy_stats, load_agent
+    from townlet.train import open_run
+    from townlet.train.evaluate import greedy_stats
 
     Trainer(small_config("L2_partial_fixed", 600, **RECURRENT), tmp_path).run()
-    config, level, network = load_agent(tmp_path)
+    run = open_run(tmp_path)
+    policy = run.policy()
     spies = {}
     for wipe in (False, True):
-        spies[wipe] = _StateSpy(network)
-        greedy_stats(spies[wipe], config, level, episodes=4, agents=4, seed=3, wipe_memory=wipe)
+        spies[wipe] = policy.network = _StateSpy(policy.network)
+        greedy_stats(policy, run.level, episodes=4, agents=4, seed=3, wipe_memory=wipe)
+        policy.network = spies[wipe].net
     assert spies[False].seen[0] == 0.0 and max(spies[False].seen) > 0.0  # memory carried between steps
     assert len(spies[True].seen) > 10 and max(spies[True].seen) == 0.0  # wiped before every step
 
@@ -317,17 +314,17 @@ def test_wiped_memory_hands_the_net_a_zero_state_every_step(tmp_path):
 def test_imitation_marks_the_guided_agents_sequences_as_demonstrations(tmp_path):
     guides = {"fraction": 0.25, "policy": "needs-memory", "imitation": 1.0, "imitate": "guided"}
     trainer = Trainer(small_config("L2_partial", 800, **RECURRENT, guides=guides), tmp_path)
-    assert trainer.learner.config.imitation_weight == 1.0 and trainer.learner.config.margin == 0.8
+    assert trainer.algorithm.learner.config.imitation_weight == 1.0 and trainer.algorithm.learner.config.margin == 0.8
     seen = []
-    update = trainer.learner.update
+    update = trainer.algorithm.learner.update
 
     def spy(batch):
-        seen.append((batch.indices % 8, batch.demo))
+        seen.append((batch.agents, batch.demo))
         return update(batch)
 
-    trainer.learner.update = spy
+    trainer.algorithm.learner.update = spy
     trainer.run()
-    assert seen and "imitation" in trainer.last_stats
+    assert seen and "imitation" in trainer.algorithm.last_stats
     agents = torch.cat([a for a, _ in seen])
     demo = torch.cat([d for _, d in seen])
     assert torch.equal(demo, agents >= 6)  # the last 2 of 8 agents are the guides
@@ -337,7 +334,7 @@ def test_imitation_marks_the_guided_agents_sequences_as_demonstrations(tmp_path)
 def test_imitation_needs_guides_and_a_sequence_learner():
     with pytest.raises(ConfigError, match=r"guides\.imitation: needs demonstrations .* got fraction 0\.0"):
         load_run_config("L2_partial", {"guides": {"imitation": 1.0, "imitate": "guided"}})
-    with pytest.raises(ConfigError, match=r"guides\.imitation: .* network\.kind 'mlp'"):
+    with pytest.raises(ConfigError, match=r"guides\.imitation: only algorithm 'r2d2' reads it.* 'dqn'"):
         load_run_config("L1_full", {"guides": {"fraction": 0.1, "imitation": 1.0}})
 
 
@@ -347,26 +344,26 @@ def test_imitating_every_agent_stores_the_guides_advice_for_every_step(tmp_path)
     advice is the action it took."""
     guides = {"fraction": 0.25, "policy": "needs-memory", "imitation": 1.0, "imitate": "all"}
     trainer = Trainer(small_config("L2_partial", 800, **RECURRENT, guides=guides), tmp_path)
-    assert trainer.replay.advice
+    assert trainer.algorithm.replay.advice
     seen = []
-    update = trainer.learner.update
+    update = trainer.algorithm.learner.update
 
     def spy(batch):
         seen.append(batch)
         return update(batch)
 
-    trainer.learner.update = spy
+    trainer.algorithm.learner.update = spy
     trainer.run()
-    assert seen and "imitation" in trainer.last_stats
+    assert seen and "imitation" in trainer.algorithm.last_stats
     for batch in seen:
         assert batch.demo.all() and batch.advice.shape == batch.actions.shape
-        guided = (batch.indices % 8 >= 6).view(-1, 1) & batch.valid
+        guided = (batch.agents >= 6).view(-1, 1) & batch.valid
         assert torch.equal(batch.advice[guided], batch.actions[guided])
-    differs = [bool((b.advice != b.actions)[(b.indices % 8 < 6).view(-1, 1) & b.valid].any()) for b in seen]
+    differs = [bool((b.advice != b.actions)[(b.agents < 6).view(-1, 1) & b.valid].any()) for b in seen]
     assert any(differs)  # the network's own agents do not always do what the guide advises
     # advice alone: nobody is guided (so no episode is left out of the metrics), yet every step is advised
     alone = Trainer(small_config("L2_partial", 800, **RECURRENT, guides={**guides, "fraction": 0.0}), tmp_path / "a")
-    assert alone.guides.count == 0 and not alone.guides.guided.any() and alone.replay.advice
+    assert alone.algorithm.guides.count == 0 and not alone.algorithm.guides.guided.any() and alone.algorithm.replay.advice
 
 
 def test_purposeful_imitation_labels_only_the_guides_purposeful_steps(tmp_path):
@@ -374,22 +371,22 @@ def test_purposeful_imitation_labels_only_the_guides_purposeful_steps(tmp_path):
     guided agents' purposeful steps are still labelled with the action they took, and imitation still trains."""
     guides = {"fraction": 0.25, "policy": "needs-memory", "imitation": 1.0, "imitate": "purposeful"}
     trainer = Trainer(small_config("L2_partial", 800, **RECURRENT, guides=guides), tmp_path)
-    assert trainer.replay.advice and trainer.guides.purposeful_only
+    assert trainer.algorithm.replay.advice and trainer.algorithm.guides.purposeful_only
     seen = []
-    update = trainer.learner.update
+    update = trainer.algorithm.learner.update
 
     def spy(batch):
         seen.append(batch)
         return update(batch)
 
-    trainer.learner.update = spy
+    trainer.algorithm.learner.update = spy
     trainer.run()
-    assert seen and "imitation" in trainer.last_stats and float(trainer.last_stats["imitation"]) > 0
+    assert seen and "imitation" in trainer.algorithm.last_stats and float(trainer.algorithm.last_stats["imitation"]) > 0
     advice = torch.cat([b.advice[b.valid] for b in seen])
     unlabelled = float((advice == NUM_ACTIONS).float().mean())
     assert 0.2 < unlabelled < 0.95  # the random moves (about half the steps on L2_partial) carry no label
     for batch in seen:
-        guided = (batch.indices % 8 >= 6).view(-1, 1) & batch.valid & (batch.advice < NUM_ACTIONS)
+        guided = (batch.agents >= 6).view(-1, 1) & batch.valid & (batch.advice < NUM_ACTIONS)
         assert torch.equal(batch.advice[guided], batch.actions[guided])
 
 
@@ -400,7 +397,7 @@ def test_shaping_reaches_replay_but_not_the_episode_returns(tmp_path):
     gamma = shaped.config.learner.gamma
     meters = shaped.world.obs_layout["meters"].slice
     seen: list[tuple] = []
-    add, step = shaped.replay.add, shaped.world.step
+    add, step = shaped.algorithm.replay.add, shaped.world.step
 
     def spy_step(actions):
         out = step(actions)
@@ -416,12 +413,12 @@ def test_shaping_reaches_replay_but_not_the_episode_returns(tmp_path):
         seen.append(bool((rewards != world_reward).all()))
         return add(obs, mask, actions, rewards, terminated, *rest, **kw)
 
-    shaped.world.step, shaped.replay.add = spy_step, spy_add
+    shaped.world.step, shaped.algorithm.replay.add = spy_step, spy_add
     shaped.run()
     assert any(s is True for s in seen)
     plain = Trainer(small_config("L2_partial", 800, **RECURRENT), tmp_path / "plain")
     plain.run()
-    assert plain.shaping is None
+    assert plain.algorithm.shaping is None
     # both runs play the same episodes until the first update (step 400) changes the network
     early = [[r["return"] for r in read_metrics(d)[0] if r["step"] <= 400] for d in (tmp_path, tmp_path / "plain")]
     assert early[0] and early[0] == early[1]

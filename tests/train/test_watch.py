@@ -12,8 +12,8 @@ from typer.testing import CliRunner
 
 from tests.train import runs
 from townlet.cli import app
-from townlet.train.checkpoint import list_checkpoints
-from townlet.train.evaluate import load_agent
+from townlet.train import open_run
+from townlet.train.rundir import list_checkpoints
 from townlet.train.watch import WatchError, abbreviations, greedy_episode, watch
 from townlet.world import METER_NAMES, load_level
 
@@ -31,7 +31,7 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def lstm_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_run(
         tmp_path_factory.mktemp("runs") / "lstm", steps=800, agents=8,
-        network={"kind": "lstm", "lstm_hidden": 16},
+        algorithm="r2d2", network={"kind": "lstm", "lstm_hidden": 16},
         learner={"learning_starts": 400, "batch_size": 4},
         replay={"capacity": 2000, "burn_in": 2, "train_len": 4},
     )
@@ -80,8 +80,9 @@ def test_watch_recurrent_agent(lstm_run: Path, tmp_path: Path) -> None:
 
 
 def test_greedy_episode_frames(run_dir: Path) -> None:
-    config, level, network = load_agent(run_dir)
-    frames = list(greedy_episode(network, config, level, seed=0, max_ticks=20))
+    run = open_run(run_dir)
+    level = run.level
+    frames = list(greedy_episode(run.policy(), level, seed=0, max_ticks=20))
     assert [f.tick for f in frames] == list(range(21))
     start = frames[0]
     assert start.action is None and start.meters == tuple(level.meters[m].start for m in METER_NAMES)

@@ -13,14 +13,14 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from townlet.world.config import (
-    LEVEL_NAMES,
+from townlet.config_files import (
     ConfigError,
     deep_merge,
     format_validation_error,
     read_extended_yaml,
     resolve_yaml_path,
 )
+from townlet.world.config import LEVEL_NAMES
 
 
 class _Strict(BaseModel):
@@ -177,13 +177,29 @@ class LoggingConfig(_Strict):
     save_replay: bool = True
 
 
+# fields only one algorithm reads; giving one a value other than its default for another is an error, not a no-op
+ONLY_FOR: dict[str, dict[str, tuple[str, ...]]] = {
+    "r2d2": {
+        "network": ("lstm_hidden", "head_hidden"),
+        "replay": ("prioritized", "burn_in", "train_len", "stride", "stored_state", "split_episodes"),
+        "guides": ("imitation", "margin", "imitate"),
+    },
+    "dqn": {"network": ("layer_norm",)},
+}
+NETWORKS: dict[str, tuple[str, ...]] = {"dqn": ("mlp",), "r2d2": ("lstm", "feedforward")}
+
+
 class RunConfig(_Strict):
     level: str = "L1_full"
+    algorithm: Literal["dqn", "r2d2"] = Field(
+        default="dqn", description="dqn: an MLP on one observation; r2d2: a sequence learner (network.kind lstm, "
+        "or feedforward for the memory ablation)",
+    )
     seed: int = Field(default=0, ge=0)
     device: str = "cpu"
     agents: int = Field(default=64, ge=1)
     compile_world: bool = Field(
-        default=False, description="torch.compile the world's step (about 2.5x faster; ~15 s to compile)"
+        default=False, description="torch.compile the world's step: faster steps after a compile at start",
     )
     steps: int | None = Field(default=1_000_000, ge=1, description="agent-steps to train for")
     minutes: float | None = Field(default=None, gt=0.0)
@@ -204,12 +220,28 @@ class RunConfig(_Strict):
             raise ValueError("steps/minutes: give at least one budget")
         if self.exploration.end > self.exploration.start:
             raise ValueError("exploration.end: must not exceed exploration.start")
-        g = self.guides
-        if g.imitation > 0 and ((g.fraction == 0 and g.imitate == "guided") or self.network.kind == "mlp"):
+        if self.network.kind not in NETWORKS[self.algorithm]:
             raise ValueError(
-                "guides.imitation: needs demonstrations (guides.fraction > 0, or guides.imitate: all or purposeful) "
-                f"and a sequence learner (network.kind lstm or feedforward); got fraction {g.fraction}, "
-                f"imitate {g.imitate!r}, network.kind {self.network.kind!r}"
+                f"network.kind: {self.network.kind!r} is not a network of algorithm {self.algorithm!r}; "
+                f"allowed: {', '.join(NETWORKS[self.algorithm])}"
+            )
+        for algorithm, sections in ONLY_FOR.items():
+            if algorithm == self.algorithm:
+                continue
+            for section, names in sections.items():
+                part = getattr(self, section)
+                # a changed value, not a mention: a resolved config (checkpoint, config.yaml) lists every field
+                given = [n for n in names if getattr(part, n) != type(part).model_fields[n].default]
+                if given:
+                    raise ValueError(
+                        f"{section}.{given[0]}: only algorithm {algorithm!r} reads it, and this run's algorithm is "
+                        f"{self.algorithm!r}; remove it or set algorithm: {algorithm}"
+                    )
+        g = self.guides
+        if g.imitation > 0 and g.fraction == 0 and g.imitate == "guided":
+            raise ValueError(
+                "guides.imitation: needs demonstrations (guides.fraction > 0, or guides.imitate: all or purposeful); "
+                f"got fraction {g.fraction}, imitate {g.imitate!r}"
             )
         return self
 

@@ -24,9 +24,7 @@ from townlet.train.config import load_run_config
 from townlet.train.evaluate import evaluate
 from townlet.train.metrics import read_metrics
 from townlet.train.runner import Trainer
-
-# two-sided 95% Student t quantiles by degrees of freedom (the CI across a handful of seeds)
-_T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
+from townlet.world.evaluate import mean_ci95
 
 
 @dataclass(frozen=True)
@@ -60,16 +58,6 @@ class Trial:
         return f"{self.name}-seed{self.seed}"
 
 
-def ci95(values: list[float]) -> tuple[float, float]:
-    """(mean, half-width) of a Student-t 95% interval; half-width NaN for a single value."""
-    arr = np.asarray(values, dtype=np.float64)
-    mean = float(arr.mean())
-    if len(arr) < 2:
-        return mean, math.nan
-    t = _T95.get(len(arr) - 1, 1.96)
-    return mean, float(t * arr.std(ddof=1) / math.sqrt(len(arr)))
-
-
 def run_trial(
     trial: Trial, runs_dir: Path, episodes: int = 1000, eval_seed: int = 12345,
     machine_speed: Callable[[int], float | None] | None = None,
@@ -97,7 +85,7 @@ def run_trial(
         "run_dir": str(run_dir),
         "train_s": train_s,
         "env_steps": trainer.env_steps,
-        "updates": trainer.learner.updates,
+        "updates": trainer.algorithm.metrics()["updates"],
         "finished": time.strftime("%Y-%m-%d %H:%M"),
         "yardstick_steps_per_s": speed,
         "eval": {k: v for k, v in result.items() if k not in ("checkpoint", "level")},
@@ -111,7 +99,7 @@ def summarize(records: list[dict[str, Any]], goals: dict[str, Goal] | None = Non
     for name in dict.fromkeys(r["name"] for r in records):
         group = [r for r in records if r["name"] == name]
         means = [r["eval"]["survival_mean"] for r in group]
-        mean, half = ci95(means)
+        mean, half = mean_ci95(means)  # across seeds
         if len(group) == 1:  # one seed: the interval over its evaluation episodes
             lo, hi = group[0]["eval"]["survival_ci95"]
             half, ci_kind = (hi - lo) / 2, "episodes"

@@ -16,10 +16,11 @@ from typing import Any
 
 import numpy as np
 
-from townlet.train.checkpoint import atomic_write, list_checkpoints
+from townlet.train.checkpoint import CheckpointError, atomic_write
 from townlet.train.metrics import read_metrics
-from townlet.train.watch import FILE_MODE, Frame, WatchError, few_threads, greedy_episode, load_watchable
-from townlet.world import METER_NAMES, LevelConfig
+from townlet.train.rundir import checkpoint_step, open_run
+from townlet.train.watch import FILE_MODE, Frame, few_threads, greedy_episode
+from townlet.world import METER_NAMES, LevelConfig, survival_summary
 
 REPORT_DIR = "report"
 _CAUSE_COLORS = {"energy": "#e0a030", "health": "#d04a3c", "truncated": "#5a9e5a", "running": "#999999"}
@@ -75,15 +76,6 @@ def rolling(values: np.ndarray, window: int, points: int = 400) -> tuple[np.ndar
 
 def _window(n: int) -> int:
     return int(min(500, max(20, n // 10)))
-
-
-def survival_summary(lengths: np.ndarray) -> dict[str, Any]:
-    if len(lengths) == 0:
-        return {"episodes": 0}
-    return {
-        "episodes": len(lengths), "survival_mean": float(lengths.mean()),
-        "survival_median": float(np.median(lengths)), "survival_p10": float(np.quantile(lengths, 0.10)),
-    }
 
 
 # ---------------------------------------------------------------------- plots (each returns PNG bytes)
@@ -327,11 +319,12 @@ def render_summary(
 ) -> str:
     c = config
     net = c.network
-    net_text = f"{net.kind} {net.hidden}" if net.kind == "mlp" else f"lstm {net.lstm_hidden}"
+    net_text = f"{config.algorithm}: {net.kind} {net.hidden}"
+    net_text += f", core {net.lstm_hidden}" if net.kind != "mlp" else ""
     net_text += ", dueling" if net.dueling else ""
     lc, ex = c.learner, c.exploration
     last = learner[-1] if learner else {}
-    ckpt_steps = int(checkpoint.stem.split("_")[1]) if checkpoint else None
+    ckpt_steps = checkpoint_step(checkpoint) if checkpoint else None
     trained = max([ckpt_steps or 0, int(last.get("step") or 0), *(int(e["step"]) for e in episodes[-1:])])
     budget = f"{c.steps:,} steps" if c.steps is not None else ""
     if c.minutes is not None:
@@ -426,9 +419,7 @@ def build_report(
     device: str = "cpu", log=None,
 ) -> Report:
     """Plots and `summary.md` for a run directory, in `run_dir/report/`. `log(str)` hears progress."""
-    from townlet.train.config import RunConfig
     from townlet.train.evaluate import greedy_stats, scripted_stats
-    from townlet.world import load_level
 
     say = log or (lambda _msg: None)
     run_dir = Path(run_dir)
@@ -438,27 +429,19 @@ def build_report(
         ep_rows, learner = read_metrics(run_dir)
     except FileNotFoundError as e:
         raise ReportError(str(e)) from None
-    checkpoint = (list_checkpoints(run_dir / "checkpoints") or [None])[-1]
-    network = None
-    if checkpoint is not None:
-        say(f"loading the agent from {checkpoint.name}")
-        try:
-            config, level, network = load_watchable(run_dir, None, device)
-        except WatchError as e:
-            raise ReportError(str(e)) from None
-    else:
-        import yaml
-
-        if not (run_dir / "config.yaml").is_file():
-            raise ReportError(f"{run_dir}: no config.yaml and no checkpoint; is it a townlet run directory?")
-        config = RunConfig.model_validate(yaml.safe_load((run_dir / "config.yaml").read_text()))
-        level_file = run_dir / "level.yaml"
-        level = load_level(level_file if level_file.is_file() else config.level)
+    try:
+        run = open_run(run_dir)
+        if run.checkpoint is not None:
+            say(f"loading the agent from {run.checkpoint.name}")
+        policy = run.policy(device) if run.checkpoint is not None else None
+    except CheckpointError as e:
+        raise ReportError(str(e)) from None
+    config, level, checkpoint = run.config, run.level, run.checkpoint
 
     report = Report(directory=run_dir / REPORT_DIR)
     lengths = _column(ep_rows, "length")
     tail = ep_rows[-min(len(ep_rows), 100):]
-    report.final = survival_summary(_column(tail, "length"))
+    report.final = survival_summary(_column(tail, "length"), level.max_steps)
     if ep_rows:
         report.final["all_mean"] = float(lengths.mean())
         report.final["causes"] = {k: sum(r["cause"] == k for r in tail) for k in sorted({r["cause"] for r in tail})}
@@ -467,16 +450,16 @@ def build_report(
         say(f"scripted references on {level.name} ({scripted_episodes} episodes each)")
         report.scripted = scripted_stats(level, scripted_episodes, min(agents, scripted_episodes), seed, device)
         frames: list[Frame] = []
-        if network is not None:
+        if policy is not None:
             say(f"greedy evaluation ({episodes} episodes)")
-            report.greedy = greedy_stats(network, config, level, episodes, min(agents, episodes), seed, device)
+            report.greedy = greedy_stats(policy, level, episodes, min(agents, episodes), seed, device)
             say("one greedy episode for the meters plot")
-            frames = list(greedy_episode(network, config, level, seed, level.max_steps, device))
+            frames = list(greedy_episode(policy, level, seed, level.max_steps, device))
 
     say("plotting")
     final_step = int(ep_rows[-1]["step"]) if ep_rows else None
     if checkpoint is not None:
-        final_step = max(final_step or 0, int(checkpoint.stem.split("_")[1]))
+        final_step = max(final_step or 0, checkpoint_step(checkpoint))
     images: list[tuple[str, str, bytes]] = [
         ("survival.png", "Survival over training",
          plot_survival(ep_rows, report.scripted, report.greedy, level.max_steps, final_step)),
@@ -490,8 +473,8 @@ def build_report(
         last = frames[-1]
         meters_note = (f"Seed {seed}: the agent lived {last.tick} ticks"
                        + (f", ended by {last.cause}." if last.done else "."))
-    curriculum = getattr(getattr(config, "curriculum", None), "kind", "static") != "static"
-    curiosity = bool(getattr(getattr(config, "curiosity", None), "enabled", False))
+    curriculum = config.curriculum.kind != "static"
+    curiosity = config.curiosity.enabled
     stage = plot_stage(ep_rows, learner, curriculum, curiosity)
     if stage is not None:
         images.append(("stage.png", "Curriculum stage and intrinsic reward", stage))

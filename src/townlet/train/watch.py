@@ -8,7 +8,6 @@ draw a frame for a live terminal, a log without a terminal, and a GIF.
 from __future__ import annotations
 
 import contextlib
-import math
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -16,10 +15,10 @@ from pathlib import Path
 
 import torch
 
-from townlet.learn import RecurrentActor, masked_greedy
+from townlet.train.algos import GreedyPolicy
 from townlet.train.checkpoint import CheckpointError, atomic_write
-from townlet.train.config import RunConfig
-from townlet.world import ACTION_NAMES, METER_NAMES, ConfigError, LevelConfig, World
+from townlet.train.rundir import open_run
+from townlet.world import ACTION_NAMES, METER_NAMES, ConfigError, LevelConfig, World, load_level
 from townlet.world.config import hour_is_open
 
 FILE_MODE = 0o644  # atomic_write's temporary files are created 0600; reports and GIFs are for reading
@@ -29,8 +28,8 @@ FILE_MODE = 0o644  # atomic_write's temporary files are created 0600; reports an
 def few_threads(device: str | torch.device, threads: int = 1) -> Iterator[None]:
     """Limit torch's CPU threads while small worlds (1 to a few hundred agents) are stepped on the CPU.
 
-    Intra-op threads cost far more than they save on such small tensors (measured on a 2-core machine:
-    0.5 ms per L0 step of 50 agents with 1 thread, 11 ms with 2). The previous setting is restored.
+    On tensors this small, intra-op threads cost far more in synchronisation than they save in work, so
+    a step is much faster on one thread. The previous setting is restored.
     """
     before = torch.get_num_threads()
     limit = torch.device(device).type == "cpu" and before > threads
@@ -137,44 +136,28 @@ def make_scene(world: World, title: str = "") -> Scene:
 
 def _decode(world: World, obs: torch.Tensor) -> dict:
     """Position, meters, hour, progress and the affordance here, read back from one observation row."""
-    layout, g = world.obs_layout, world.grid_size
-    row = obs.detach().float().cpu()
-    if "cell" in layout:
-        cell = int(row[layout["cell"].slice].argmax())
-        x, y = cell % g, cell // g
-    else:
-        px, py = row[layout["position"].slice].tolist()
-        x, y = round(px * (g - 1)), round(py * (g - 1))
-    hour = None
-    if "time" in layout and world.config.temporal is not None:
-        s, c = row[layout["time"].slice].tolist()
-        day = world.config.temporal.day_length
-        hour = round(math.atan2(s, c) * day / (2 * math.pi)) % day
-    progress = float(row[layout["progress"].slice][0]) if "progress" in layout else 0.0
-    here = int(row[layout["here"].slice].argmax()) - 1
-    meters = tuple(round(v, 6) for v in row[layout["meters"].slice].tolist())
-    return {"x": x, "y": y, "meters": meters, "here": here, "hour": hour, "progress": progress}
+    return world.obs_layout.decode(obs)
 
 
 def greedy_episode(
-    network: torch.nn.Module, config: RunConfig, level: LevelConfig, seed: int = 0, max_ticks: int | None = None,
+    policy: GreedyPolicy, level: LevelConfig, seed: int = 0, max_ticks: int | None = None,
     device: str | torch.device = "cpu", world: World | None = None,
 ) -> Iterator[Frame]:
     """One masked-greedy episode of a single agent: the start frame, then one frame per tick until the
-    episode ends or `max_ticks` ticks were played. Recurrent agents carry their LSTM state across ticks.
+    episode ends or `max_ticks` ticks were played. Recurrent agents carry their memory across ticks.
 
     Pass `world` (one agent, on `device`) to read its scene with `make_scene` before iterating."""
     world = world or World(level, 1, device=device, seed=seed)
     obs = world.observe()
-    actor = RecurrentActor(network, 1, world.device) if config.network.kind != "mlp" else None
+    policy.reset()
+    first = torch.ones(1, dtype=torch.bool, device=world.device)
     yield Frame(tick=0, **_decode(world, obs[0]))
     limit = max_ticks if max_ticks is not None else level.max_steps
     tick = 0
     episode_return = 0.0
     while tick < limit:
-        mask = world.action_mask()
-        with torch.no_grad():
-            actions = actor.act(obs, mask, 0.0).actions if actor else masked_greedy(network(obs), mask)
+        actions = policy.act(obs, world.action_mask(), first)
+        first = torch.zeros_like(first)
         obs, reward, _, _, info = world.step(actions)
         tick += 1
         episode_return += float(reward[0])
@@ -375,49 +358,14 @@ def write_gif(path: Path, frames: list, fps: float) -> None:
 
 
 # ---------------------------------------------------------------------- the command's work
-def resolve_level(path: Path, level: str | None) -> str | None:
-    """The level to play: `level` if given, else the run's own `level.yaml` (the level exactly as trained)."""
-    if level is not None:
-        return level
-    run_dir = path if path.is_dir() else path.parent.parent if path.parent.name == "checkpoints" else None
-    if run_dir is not None and (run_dir / "level.yaml").is_file():
-        return str(run_dir / "level.yaml")
-    return None
-
-
-def load_watchable(path: Path, level: str | None = None, device: str = "cpu"):
-    """(config, level, network) for `path` (run directory or checkpoint file), with errors worth reading."""
-    from townlet.train.evaluate import load_agent
-
-    path = Path(path)
-    if not path.exists():
-        raise WatchError(f"{path}: no such run directory or checkpoint file")
-    if path.is_dir() and not (path / "checkpoints").is_dir():
-        raise WatchError(f"{path}: not a townlet run directory (no checkpoints/ folder)")
+def load_watchable(path: Path, level: str | None = None, device: str = "cpu") -> tuple[LevelConfig, GreedyPolicy]:
+    """(level, greedy policy) for `path` (run directory or checkpoint file), with errors worth reading."""
     try:
-        return load_agent(path, resolve_level(path, level), device)
+        run = open_run(path)
+        level_config = load_level(level) if level is not None else run.level
+        return level_config, run.policy(device, level_config)
     except (ConfigError, CheckpointError) as e:
         raise WatchError(str(e)) from None
-    except RuntimeError as e:  # state dict shapes: the level's observation differs from the training level's
-        raise WatchError(_mismatch(path, level, e)) from None
-
-
-def _mismatch(path: Path, level: str | None, error: Exception) -> str:
-    """Why the agent's weights do not fit the requested level, in observation sizes where that is the cause."""
-    from townlet.train.runner import load_for_eval
-    from townlet.world import ObsLayout, load_level
-
-    try:
-        config, _ = load_for_eval(path)
-        trained = load_level(resolve_level(path, None) or config.level)
-        wanted = load_level(level or config.level)
-        a, b = ObsLayout.for_level(trained).dim, ObsLayout.for_level(wanted).dim
-        if a != b:
-            return (f"{path}: the agent was trained on {trained.name} ({a} observation values) and cannot play "
-                    f"{wanted.name} ({b}); --level must have the same observation size")
-    except Exception:  # fall back to torch's own words
-        pass
-    return f"{path}: the agent's weights do not fit level {level!r}: {str(error).splitlines()[0]}"
 
 
 def watch(
@@ -430,7 +378,7 @@ def watch(
 
     if record is not None and Path(record).suffix.lower() != ".gif":
         raise WatchError(f"--record {record}: expected a .gif file name")
-    config, level_config, network = load_watchable(Path(path), level, device)
+    level_config, policy = load_watchable(Path(path), level, device)
     console = console or Console()
     world = World(level_config, 1, device=device, seed=seed)
     source = Path(path)
@@ -447,7 +395,7 @@ def watch(
     frame = None
     try:
         with few_threads(device):
-            for frame in greedy_episode(network, config, level_config, seed, steps, device, world=world):
+            for frame in greedy_episode(policy, level_config, seed, steps, device, world=world):
                 if renderer is not None:
                     images.append(renderer(frame, steps))
                 if live is not None:
