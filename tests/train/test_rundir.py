@@ -76,7 +76,7 @@ def test_fields_of_another_algorithm_are_rejected_by_name():
         load_run_config("L2_partial", {"network": {"layer_norm": True}})
     with pytest.raises(ConfigError, match=r"network\.kind: 'lstm' is not a network of algorithm 'dqn'; allowed: mlp"):
         load_run_config("L1_full", {"network": {"kind": "lstm"}})
-    with pytest.raises(ConfigError, match=r"algorithm: Input should be 'dqn' or 'r2d2'"):
+    with pytest.raises(ConfigError, match=r"algorithm: Input should be 'dqn', 'r2d2' or 'ppo'"):
         load_run_config("L1_full", {"algorithm": "a3c"})
     # a resolved config lists every field at its value: defaults are no mention
     full = load_run_config("L1_full")

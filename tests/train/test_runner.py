@@ -15,6 +15,7 @@ from townlet.cli import app
 from townlet.explore import agent_epsilons
 from townlet.train import Trainer, load_run_config, parse_overrides
 from townlet.train.checkpoint import FORMAT, CheckpointError, atomic_write, load_checkpoint
+from townlet.train.config import load_run_config_data
 from townlet.train.metrics import read_metrics
 from townlet.train.rundir import list_checkpoints, load_latest, save_checkpoint
 from townlet.world import NUM_ACTIONS, ConfigError
@@ -34,7 +35,17 @@ RECURRENT = {
 }
 
 
+PPO_SMALL = {
+    "algorithm": "ppo",
+    "network": {"kind": "lstm", "hidden": [32], "lstm_hidden": 16},
+    "ppo": {"rollout_len": 16, "minibatches": 2},
+}
+
+
 def small_config(level: str = "L0_minimal", steps: int = 4000, **extra: object):
+    if extra.get("algorithm") == "ppo":  # on-policy: none of the level file's (or SMALL's) Q-learning fields apply
+        base = {k: v for k, v in SMALL.items() if k not in ("learner", "replay", "exploration")}
+        return load_run_config_data({"level": level, **base, "steps": steps, **extra}, "test")
     overrides = {**SMALL, "steps": steps, **extra}
     return load_run_config(level, overrides)
 
@@ -55,7 +66,8 @@ EXPLORING = {
     ("level", "extra"),
     [("L0_minimal", {}), ("L2_partial_fixed", RECURRENT), ("L0_minimal", LR_DECAY), ("L2_partial_fixed", EXPLORING),
      ("L2_partial", {**RECURRENT, "guides": {"fraction": 0.25, "policy": "needs-memory"},
-                     "replay": {**RECURRENT["replay"], "split_episodes": True}})],
+                     "replay": {**RECURRENT["replay"], "split_episodes": True}}),
+     ("L2_partial_fixed", PPO_SMALL)],
 )
 def test_stopped_and_resumed_run_equals_uninterrupted_run(tmp_path, level, extra):
     full = Trainer(small_config(level, 4800, **extra), tmp_path / "full")
@@ -68,9 +80,10 @@ def test_stopped_and_resumed_run_equals_uninterrupted_run(tmp_path, level, extra
     assert resumed.algorithm.learner.updates == full.algorithm.learner.updates > 0
     for a, b in zip(full.algorithm.network.state_dict().values(), resumed.algorithm.network.state_dict().values(), strict=True):
         assert torch.equal(a, b)
-    for a, b in zip(full.algorithm.learner.target.state_dict().values(), resumed.algorithm.learner.target.state_dict().values(),
-                    strict=True):
-        assert torch.equal(a, b)
+    if hasattr(full.algorithm.learner, "target"):  # PPO has no target network
+        for a, b in zip(full.algorithm.learner.target.state_dict().values(),
+                        resumed.algorithm.learner.target.state_dict().values(), strict=True):
+            assert torch.equal(a, b)
     episodes_full, _ = read_metrics(tmp_path / "full")
     episodes_resumed, _ = read_metrics(tmp_path / "part")
     assert episodes_full == episodes_resumed and len(episodes_full) > 20

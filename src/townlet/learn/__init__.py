@@ -1,4 +1,5 @@
-"""Learners (DQN, R2D2), their target math, and acting (masked ε-greedy, recurrent rollout memory)."""
+"""Learners (DQN, R2D2, recurrent PPO), their target and advantage math, and acting (masked ε-greedy, masked
+sampling, recurrent rollout memory)."""
 
 from townlet.learn.acting import (
     RecurrentActor,
@@ -10,6 +11,17 @@ from townlet.learn.acting import (
 from townlet.learn.batches import SequenceBatchLike, TransitionBatchLike
 from townlet.learn.common import OnlineTargetLearner, OptimConfig
 from townlet.learn.dqn import DQNConfig, DQNLearner, compute_targets
+from townlet.learn.ppo import (
+    PPOLearner,
+    PPOLearnerConfig,
+    ReturnNormalizer,
+    gae,
+    masked_entropy,
+    masked_log_probs,
+    masked_logits,
+    ppo_loss,
+    sample_masked,
+)
 from townlet.learn.r2d2 import (
     R2D2Config,
     RecurrentLearner,
@@ -28,10 +40,13 @@ __all__ = [
     "DQNLearner",
     "OnlineTargetLearner",
     "OptimConfig",
+    "PPOLearner",
+    "PPOLearnerConfig",
     "R2D2Config",
     "RecurrentActor",
     "RecurrentLearner",
     "RecurrentStep",
+    "ReturnNormalizer",
     "SequenceBatchLike",
     "SequenceTD",
     "TargetSync",
@@ -39,15 +54,21 @@ __all__ = [
     "compute_sequence_targets",
     "compute_targets",
     "double_q_targets",
+    "gae",
     "hard_update",
     "huber",
     "join_continuation",
     "large_margin_loss",
     "masked_argmax",
+    "masked_entropy",
     "masked_epsilon_greedy",
     "masked_greedy",
+    "masked_log_probs",
+    "masked_logits",
     "masked_random",
     "polyak_update",
+    "ppo_loss",
+    "sample_masked",
     "sequence_loss",
     "sequence_td",
 ]

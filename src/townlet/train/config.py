@@ -1,4 +1,5 @@
-"""Run configuration: what to train, with which network, learner, replay and exploration, and how to log.
+"""Run configuration: what to train, with which algorithm, network, learner, replay and exploration, and how to
+log.
 
 Each packaged level ships a default run config (`train/configs/<level>.yaml`); `--set key=value` overrides any
 field by its dotted path, validated like the file itself.
@@ -28,8 +29,9 @@ class _Strict(BaseModel):
 
 
 class NetworkConfig(_Strict):
-    """`mlp` (DQN) sees one observation; `lstm` (R2D2) carries memory across the episode; `feedforward` is
-    the R2D2 learner and encoders with a Linear core in place of the LSTM: no memory (the memory ablation)."""
+    """`mlp` (DQN) sees one observation; `lstm` (R2D2, PPO) carries memory across the episode; `feedforward` is
+    the R2D2 or PPO learner and encoders with a Linear core in place of the LSTM: no memory (the memory
+    ablation)."""
 
     kind: Literal["mlp", "lstm", "feedforward"] = "mlp"
     hidden: list[int] = Field(
@@ -177,23 +179,65 @@ class LoggingConfig(_Strict):
     save_replay: bool = True
 
 
-# fields only one algorithm reads; giving one a value other than its default for another is an error, not a no-op
-ONLY_FOR: dict[str, dict[str, tuple[str, ...]]] = {
-    "r2d2": {
-        "network": ("lstm_hidden", "head_hidden"),
-        "replay": ("prioritized", "burn_in", "train_len", "stride", "stored_state", "split_episodes"),
-        "guides": ("imitation", "margin", "imitate"),
-    },
-    "dqn": {"network": ("layer_norm",)},
+class PPOConfig(_Strict):
+    """Recurrent PPO (`algorithm: ppo`; CleanRL's ppo_atari_lstm, sb3-contrib's RecurrentPPO): every agent plays
+    `rollout_len` steps, then `epochs` passes over `minibatches` minibatches of whole agents, each unrolled over
+    the whole rollout from its stored LSTM state. It also reads learner.gamma, lr, lr_end, lr_decay_steps,
+    adam_eps and grad_clip."""
+
+    rollout_len: int = Field(default=64, ge=1, description="steps per agent between updates (BPTT length)")
+    epochs: int = Field(default=3, ge=1)
+    minibatches: int = Field(default=4, ge=1, description="of whole agents; at most `agents`")
+    gae_lambda: float = Field(default=0.95, ge=0.0, le=1.0)
+    clip_coef: float = Field(default=0.1, gt=0.0)
+    entropy_coef: float = Field(default=0.01, ge=0.0)
+    value_coef: float = Field(default=0.5, ge=0.0)
+    normalize_returns: bool = Field(
+        default=True, description="scale rewards by the running std of the discounted return (CleanRL's)"
+    )
+
+
+def _all(model: type[BaseModel], section: str, readers: tuple[str, ...]) -> dict[str, tuple[str, ...]]:
+    return {f"{section}.{name}": readers for name in model.model_fields}
+
+
+Q_LEARNING = ("dqn", "r2d2")
+# fields not every algorithm reads -> the algorithms that read them; any other field is read by all. Giving one
+# a value other than its default under another algorithm is an error, not a no-op.
+READ_BY: dict[str, tuple[str, ...]] = {
+    "network.lstm_hidden": ("r2d2", "ppo"),
+    "network.head_hidden": ("r2d2",),
+    "network.dueling": Q_LEARNING,
+    "network.layer_norm": ("dqn",),
+    **{f"learner.{name}": Q_LEARNING for name in (
+        "n_step", "batch_size", "target_update_every", "tau", "huber_delta", "double", "learning_starts",
+        "replay_ratio")},
+    "replay.capacity": Q_LEARNING,
+    **{f"replay.{name}": ("r2d2",) for name in (
+        "prioritized", "burn_in", "train_len", "stride", "stored_state", "split_episodes")},
+    **_all(ExplorationConfig, "exploration", Q_LEARNING),
+    **_all(ExploringStartsConfig, "exploring_starts", Q_LEARNING),
+    **_all(GuidesConfig, "guides", Q_LEARNING),
+    **{f"guides.{name}": ("r2d2",) for name in ("imitation", "margin", "imitate")},
+    **_all(ShapingConfig, "shaping", Q_LEARNING),
+    **_all(CuriosityConfig, "curiosity", Q_LEARNING),
+    **_all(PPOConfig, "ppo", ("ppo",)),
 }
-NETWORKS: dict[str, tuple[str, ...]] = {"dqn": ("mlp",), "r2d2": ("lstm", "feedforward")}
+NETWORKS: dict[str, tuple[str, ...]] = {
+    "dqn": ("mlp",), "r2d2": ("lstm", "feedforward"), "ppo": ("lstm", "feedforward"),
+}
+
+
+def _readers_text(readers: tuple[str, ...]) -> str:
+    names = ", ".join(repr(r) for r in readers)
+    return f"only algorithm {names} reads it" if len(readers) == 1 else f"only algorithms {names} read it"
 
 
 class RunConfig(_Strict):
     level: str = "L1_full"
-    algorithm: Literal["dqn", "r2d2"] = Field(
+    algorithm: Literal["dqn", "r2d2", "ppo"] = Field(
         default="dqn", description="dqn: an MLP on one observation; r2d2: a sequence learner (network.kind lstm, "
-        "or feedforward for the memory ablation)",
+        "or feedforward for the memory ablation); ppo: recurrent PPO (network.kind lstm or feedforward)",
     )
     seed: int = Field(default=0, ge=0)
     device: str = "cpu"
@@ -212,6 +256,7 @@ class RunConfig(_Strict):
     shaping: ShapingConfig = ShapingConfig()
     curiosity: CuriosityConfig = CuriosityConfig()
     curriculum: CurriculumConfig = CurriculumConfig()
+    ppo: PPOConfig = PPOConfig()
     logging: LoggingConfig = LoggingConfig()
 
     @model_validator(mode="after")
@@ -225,18 +270,22 @@ class RunConfig(_Strict):
                 f"network.kind: {self.network.kind!r} is not a network of algorithm {self.algorithm!r}; "
                 f"allowed: {', '.join(NETWORKS[self.algorithm])}"
             )
-        for algorithm, sections in ONLY_FOR.items():
-            if algorithm == self.algorithm:
+        for key, readers in READ_BY.items():
+            if self.algorithm in readers:
                 continue
-            for section, names in sections.items():
-                part = getattr(self, section)
-                # a changed value, not a mention: a resolved config (checkpoint, config.yaml) lists every field
-                given = [n for n in names if getattr(part, n) != type(part).model_fields[n].default]
-                if given:
-                    raise ValueError(
-                        f"{section}.{given[0]}: only algorithm {algorithm!r} reads it, and this run's algorithm is "
-                        f"{self.algorithm!r}; remove it or set algorithm: {algorithm}"
-                    )
+            section, name = key.split(".")
+            part = getattr(self, section)
+            # a changed value, not a mention: a resolved config (checkpoint, config.yaml) lists every field
+            if getattr(part, name) != type(part).model_fields[name].default:
+                raise ValueError(
+                    f"{key}: {_readers_text(readers)}, and this run's algorithm is {self.algorithm!r}; remove it or "
+                    f"set algorithm: {' or '.join(readers)}"
+                )
+        if self.algorithm == "ppo" and self.ppo.minibatches > self.agents:
+            raise ValueError(
+                f"ppo.minibatches: {self.ppo.minibatches} minibatches of whole agents need at least as many agents; "
+                f"got agents {self.agents}"
+            )
         g = self.guides
         if g.imitation > 0 and g.fraction == 0 and g.imitate == "guided":
             raise ValueError(

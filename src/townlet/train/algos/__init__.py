@@ -11,19 +11,22 @@ from typing import Any
 import torch
 from torch import nn
 
-from townlet.agents import QNetwork, RecurrentQNetwork
+from townlet.agents import ActorCritic, QNetwork, RecurrentQNetwork
 from townlet.train.algos.base import Algorithm, GreedyPolicy, Step, has_memory, normalised_entropy
 from townlet.train.algos.dqn import DQN
+from townlet.train.algos.ppo import PPO
 from townlet.train.algos.r2d2 import R2D2
 from townlet.train.config import RunConfig
 from townlet.world import ObsLayout, World
 
-ALGORITHMS: dict[str, type[DQN] | type[R2D2]] = {"dqn": DQN, "r2d2": R2D2}
+ALGORITHMS: dict[str, type[DQN] | type[R2D2] | type[PPO]] = {"dqn": DQN, "r2d2": R2D2, "ppo": PPO}
 
 
 def build_network(config: RunConfig, layout: ObsLayout) -> nn.Module:
     """The network a run config asks for, shaped by the observation layout it will read."""
     net = config.network
+    if config.algorithm == "ppo":
+        return ActorCritic(layout, hidden_size=net.lstm_hidden, encoder_hidden=net.hidden, memory=has_memory(net.kind))
     if net.kind == "mlp":
         return QNetwork(layout, hidden=net.hidden, dueling=net.dueling, layer_norm=net.layer_norm)
     return RecurrentQNetwork(
