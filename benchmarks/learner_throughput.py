@@ -158,7 +158,7 @@ def main() -> None:
     net = QNetwork(layout).to(device)
     dqn_config = DQNConfig(
         gamma=0.99, lr=2.5e-4, adam_eps=1e-5, grad_clip=10.0, huber_delta=1.0, double=True,
-        target_update_every=1000, tau=None,
+        target_update_every=1000, tau=None, value_rescale=False,
     )
     dqn = DQNLearner(net, dqn_config)
     tb = transition_batch(layout, 256, g, device)
@@ -176,7 +176,7 @@ def main() -> None:
     r2d2_config = R2D2Config(
         gamma=0.99, lr=1e-4, adam_eps=1e-3, grad_clip=40.0, huber_delta=1.0, double=True,
         target_update_every=2500, tau=None, burn_in=burn_in, n_step=1, stored_state=True,
-        imitation_weight=0.0, margin=0.8,
+        imitation_weight=0.0, margin=0.8, value_rescale=False,
     )
     r2d2 = RecurrentLearner(rnet, r2d2_config)
     sb = sequence_batch(layout, 32, burn_in + train_len, hidden, g, device)

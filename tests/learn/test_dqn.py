@@ -32,7 +32,7 @@ def dqn_config(**changes: object) -> DQNConfig:
     """Every field, typical values, with `changes` applied."""
     fields: dict = {
         "gamma": 0.99, "lr": 2.5e-4, "adam_eps": 1e-5, "grad_clip": 10.0, "huber_delta": 1.0, "double": True,
-        "target_update_every": 1000, "tau": None,
+        "target_update_every": 1000, "tau": None, "value_rescale": False,
     }  # fmt: skip
     return DQNConfig(**(fields | changes))
 

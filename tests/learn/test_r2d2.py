@@ -20,7 +20,7 @@ def r2d2_config(**changes: object) -> R2D2Config:
     fields: dict = {
         "gamma": 0.99, "lr": 1e-4, "adam_eps": 1e-3, "grad_clip": 40.0, "huber_delta": 1.0, "double": True,
         "target_update_every": 2500, "tau": None, "burn_in": 8, "n_step": 1, "stored_state": True,
-        "imitation_weight": 0.0, "margin": 0.8,
+        "imitation_weight": 0.0, "margin": 0.8, "value_rescale": False,
     }  # fmt: skip
     return R2D2Config(**(fields | changes))
 

@@ -82,6 +82,17 @@ def test_dqn_targets_double_masked_truncation_termination_n_step() -> None:
     torch.testing.assert_close(y, expected)
 
 
+def test_rescaled_targets_bootstrap_in_the_unscaled_space() -> None:
+    """With value rescaling the nets hold h(Q): y = h(r + γ^n h⁻¹(Q_target(s')[a*])), deaths bootstrap nothing."""
+    from townlet.learn.value_rescale import h, h_inv
+
+    y = compute_targets(transition_batch(), TableQ(ONLINE), TableQ(TARGET), GAMMA, rescale=True)
+    next_v = h_inv(torch.tensor(0.5))
+    expected = h(torch.tensor([1.0 + GAMMA * next_v, 2.0 + GAMMA * next_v, 3.0, 4.0 + GAMMA**3 * next_v]))
+    torch.testing.assert_close(y, expected)
+    assert y[2] < 3.0  # a death's target is compressed too, not left in Q's own units
+
+
 def test_plain_dqn_uses_the_target_max_over_valid_actions() -> None:
     y = compute_targets(transition_batch(), TableQ(ONLINE), TableQ(TARGET), GAMMA, double=False)
     torch.testing.assert_close(y[0], torch.tensor(1.0 + GAMMA * 7.0))  # 8.0 is masked
@@ -326,7 +337,7 @@ def test_recurrent_update_stats_and_target_sync() -> None:
     online, _ = nets()
     learner = RecurrentLearner(online, R2D2Config(
         gamma=0.99, lr=1e-4, adam_eps=1e-3, grad_clip=40.0, huber_delta=1.0, double=True, target_update_every=2,
-        tau=0.5, burn_in=BURN, n_step=1, stored_state=True, imitation_weight=0.0, margin=0.8,
+        tau=0.5, burn_in=BURN, n_step=1, stored_state=True, imitation_weight=0.0, margin=0.8, value_rescale=False,
     ))
     batch = sequence_batch()
     stats = learner.update(batch)

@@ -49,6 +49,14 @@ def small_config(level: str = "L0_minimal", steps: int = 4000, **extra: object):
     overrides = {**SMALL, "steps": steps, **extra}
     return load_run_config(level, overrides)
 
+FROM_REWARD = {  # the teacher-free exploration aids: εz-greedy repeats, episodic counts, rescaled values
+    **RECURRENT,
+    "learner": {**RECURRENT["learner"], "value_rescale": True},
+    "exploration": {"start": 1.0, "end": 0.3, "decay_steps": 2000, "repeat_mu": 2.0},
+    "curiosity": {"enabled": True, "kind": "episodic", "weight": 0.1},
+    "guides": {"fraction": 0.0},
+}
+
 
 def learner_rows(run_dir: Path) -> list[dict]:
     return [{k: v for k, v in row.items() if k not in ("wall_s", "steps_per_s")} for row in read_metrics(run_dir)[1]]
@@ -67,7 +75,7 @@ EXPLORING = {
     [("L0_minimal", {}), ("L2_partial_fixed", RECURRENT), ("L0_minimal", LR_DECAY), ("L2_partial_fixed", EXPLORING),
      ("L2_partial", {**RECURRENT, "guides": {"fraction": 0.25, "policy": "needs-memory"},
                      "replay": {**RECURRENT["replay"], "split_episodes": True}}),
-     ("L2_partial_fixed", PPO_SMALL)],
+     ("L2_partial_fixed", PPO_SMALL), ("L2_partial_fixed", FROM_REWARD)],
 )
 def test_stopped_and_resumed_run_equals_uninterrupted_run(tmp_path, level, extra):
     full = Trainer(small_config(level, 4800, **extra), tmp_path / "full")
@@ -435,3 +443,26 @@ def test_shaping_reaches_replay_but_not_the_episode_returns(tmp_path):
     # both runs play the same episodes until the first update (step 400) changes the network
     early = [[r["return"] for r in read_metrics(d)[0] if r["step"] <= 400] for d in (tmp_path, tmp_path / "plain")]
     assert early[0] and early[0] == early[1]
+
+
+def test_exploration_aids_reach_what_replay_stores(tmp_path):
+    """εz-greedy makes exploring agents repeat their action; episodic counts pay 1 on an episode's first step and
+    1 / sqrt(n) for the n-th visit after, restarting for each agent whose episode ended."""
+    config = small_config("L2_partial", 1600, **{**FROM_REWARD, "exploration": {
+        "start": 1.0, "end": 1.0, "decay_steps": 10, "repeat_mu": 1.0, "repeat_max": 8}})
+    trainer = Trainer(config, tmp_path)
+    algo = trainer.algorithm
+    assert algo.repeats is not None and algo.episodic is not None and algo.learner.config.value_rescale
+    actions, intrinsic, firsts = [], [], []
+    for _ in range(150):
+        firsts.append(trainer.first.clone())
+        trainer.collect()
+        row = (algo.replay._total - 1) % algo.replay.rows
+        actions.append(algo.replay._actions[row].long().clone())
+        intrinsic.append(algo.replay._intrinsic[row].clone())
+    a, r, first = torch.stack(actions), torch.stack(intrinsic), torch.stack(firsts)
+    same = (a[1:] == a[:-1]) & ~first[1:]
+    assert same.float().mean() > 0.5  # uniform random valid actions would repeat about a third of the time
+    assert torch.all(r[first] == 1.0)  # an episode's first situation is new to it
+    counts = (1.0 / r**2).round()
+    assert torch.allclose(r, counts.rsqrt()) and counts.max() > 1

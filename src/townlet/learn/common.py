@@ -17,7 +17,7 @@ class OptimConfig:
     """Adam, gradient clipping, target-network schedule. No defaults: the run config
     (`townlet.train.config`) is the one place that has them. `grad_clip=None`: no clipping. `tau=None`:
     hard copy every `target_update_every` updates; else Polyak with `tau` every `target_update_every`
-    updates."""
+    updates. `value_rescale`: the networks learn h(Q), R2D2's rescaled values (`double_q_targets`)."""
 
     gamma: float
     lr: float
@@ -27,6 +27,7 @@ class OptimConfig:
     double: bool
     target_update_every: int
     tau: float | None
+    value_rescale: bool
 
 
 def make_adam(params: list[nn.Parameter], lr: float, eps: float) -> torch.optim.Optimizer:

@@ -20,7 +20,8 @@ class DQNConfig(OptimConfig):
 
 @torch.no_grad()
 def compute_targets(
-    batch: TransitionBatchLike, online: nn.Module, target: nn.Module, gamma: float, double: bool = True
+    batch: TransitionBatchLike, online: nn.Module, target: nn.Module, gamma: float, double: bool = True,
+    rescale: bool = False,
 ) -> Tensor:
     """Targets [B]: r + gamma**steps * Q_target(s')[argmax_valid Q_online(s')], no bootstrap if terminated.
 
@@ -30,7 +31,7 @@ def compute_targets(
     next_q_online = online(batch.next_obs) if double else next_q_target
     discount = gamma ** batch.steps.to(batch.rewards.dtype)
     return double_q_targets(
-        batch.rewards, batch.terminated, discount, next_q_online, next_q_target, batch.next_mask, double
+        batch.rewards, batch.terminated, discount, next_q_online, next_q_target, batch.next_mask, double, rescale
     )
 
 
@@ -43,7 +44,7 @@ class DQNLearner(OnlineTargetLearner):
 
     def compute_targets(self, batch: TransitionBatchLike) -> Tensor:
         c = self.config
-        return compute_targets(batch, self.online, self.target, c.gamma, c.double)
+        return compute_targets(batch, self.online, self.target, c.gamma, c.double, c.value_rescale)
 
     def update(self, batch: TransitionBatchLike) -> dict[str, Tensor]:
         """One step. Stats (all detached tensors): loss, q_mean, target_mean, td_abs [B], td_abs_mean,

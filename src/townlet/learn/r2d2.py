@@ -73,6 +73,7 @@ def n_step_targets(
     next_q_target: Tensor,
     next_mask: Tensor,
     double: bool = True,
+    rescale: bool = False,
 ) -> Tensor:
     """Per-step n-step Double-DQN targets inside a window of L training steps.
 
@@ -101,6 +102,7 @@ def n_step_targets(
         next_q_target.gather(1, pick),
         next_mask.gather(1, pick),
         double,
+        rescale,
     )
 
 
@@ -113,6 +115,7 @@ def sequence_td(
     double: bool = True,
     n_step: int = 1,
     stored_state: bool = True,
+    rescale: bool = False,
 ) -> SequenceTD:
     """Unroll both nets from the stored state (from zeros if not `stored_state`: the ablation) and build the
     per-step n-step Double-DQN targets (see `n_step_targets`; with n_step=1: r_t + gamma * (1 - terminated_t) *
@@ -130,7 +133,7 @@ def sequence_td(
         q_online, _ = online(obs[:, burn_in:], state)  # [B, L + 1, A]
         with torch.no_grad():
             q_target, _ = target(obs, start)  # [B, T + 1, A]
-        return _td(batch, valid, q_online, q_target, burn_in, gamma, double, n_step)
+        return _td(batch, valid, q_online, q_target, burn_in, gamma, double, n_step, rescale)
     if cont.start is None:
         raise ValueError("continuation: expected a continuation batch with `start` [B] int64, got None")
     next_obs, next_valid = _sanitize(cont)
@@ -140,8 +143,8 @@ def sequence_td(
     q_online, _ = online(torch.cat([train_obs, next_obs]), _cat_state(state, zeros))
     with torch.no_grad():
         q_target, _ = target(torch.cat([obs, next_obs]), _cat_state(start, zeros))
-    own = _td(batch, valid, q_online[:b, : t1 - burn_in], q_target[:b], burn_in, gamma, double, n_step)
-    nxt = _td(cont, next_valid, q_online[b:], q_target[b:], 0, gamma, double, n_step)
+    own = _td(batch, valid, q_online[:b, : t1 - burn_in], q_target[:b], burn_in, gamma, double, n_step, rescale)
+    nxt = _td(cont, next_valid, q_online[b:], q_target[b:], 0, gamma, double, n_step, rescale)
     return join_continuation(own, nxt, cont.start, burn_in)
 
 
@@ -180,6 +183,7 @@ def _td(
     gamma: float,
     double: bool,
     n_step: int,
+    rescale: bool = False,
 ) -> SequenceTD:
     """The training part's q_taken and targets from the unrolls: q_online [B, L + 1, A] of obs[:, burn_in:]
     (with gradient), q_target [B, T + 1, A] of all obs."""
@@ -210,6 +214,7 @@ def _td(
             q_target[:, burn_in + 1 :],
             batch.masks[:, burn_in + 1 :].bool(),
             double,
+            rescale,
         )
         y = torch.where(valid_t, y, torch.zeros_like(y))
     return SequenceTD(q_taken, y, valid_t, q_demo, q_other, q_online, advised)
@@ -284,7 +289,9 @@ class RecurrentLearner(OnlineTargetLearner):
         grad_norm; with `imitation_weight` and a batch with `demo`, imitation (the large-margin loss, already in
         loss)."""
         c = self.config
-        td = sequence_td(batch, self.online, self.target, c.burn_in, c.gamma, c.double, c.n_step, c.stored_state)
+        td = sequence_td(
+            batch, self.online, self.target, c.burn_in, c.gamma, c.double, c.n_step, c.stored_state, c.value_rescale
+        )
         loss, td_abs = sequence_loss(td, batch.weights, c.huber_delta)
         imitation = None
         if c.imitation_weight > 0 and batch.demo is not None:

@@ -59,6 +59,10 @@ class LearnerConfig(_Strict):
     grad_clip: float = Field(default=10.0, gt=0.0)
     huber_delta: float = Field(default=1.0, gt=0.0)
     double: bool = True
+    value_rescale: bool = Field(
+        default=False, description="learn h(Q), R2D2's value rescaling h(x) = sign(x)(sqrt(|x|+1) - 1) + 0.001x, "
+        "with h's inverse in the targets: one scale for a death's -100 and a tick's reward",
+    )
     learning_starts: int = Field(default=10_000, ge=0)
     replay_ratio: float = Field(
         default=0.25, gt=0.0, description="sampled transitions per environment (agent-)step"
@@ -91,6 +95,11 @@ class ExplorationConfig(_Strict):
         default=0.0, ge=0.0, le=20.0,
         description="per-agent rates: agent i explores at ε ** (1 + spread * i / (N - 1)) (Ape-X: 7); 0: all at ε",
     )
+    repeat_mu: float | None = Field(
+        default=None, ge=0.0, description="εz-greedy: an exploratory action is repeated for n steps, P(n) ∝ n^-mu "
+        "(Dabney et al.: 2), so exploring agents cross the town; None: plain ε-greedy",
+    )
+    repeat_max: int = Field(default=10, ge=1, description="εz-greedy: the longest repeat, in steps")
 
 
 class ExploringStartsConfig(_Strict):
@@ -139,12 +148,14 @@ class CuriosityConfig(_Strict):
     """An intrinsic reward, annealed away once the agents survive consistently (variance of survival below a
     threshold AND mean above a share of the cap). `rnd`: Random Network Distillation, the novelty of the next
     observation. `counts`: 1 / sqrt(N) for an action taken N times in the same situation (cell, affordance, which meters
-    are low)."""
+    are low). `episodic`: 1 / sqrt(n) for a situation (cell, which meters are low) met n times in this episode (NGU's
+    episodic novelty): the layout is drawn anew every episode, so the need to search does not fade as lifetime
+    novelty does."""
 
     enabled: bool = False
-    kind: Literal["rnd", "counts"] = "rnd"
+    kind: Literal["rnd", "counts", "episodic"] = "rnd"
     low_meter: float = Field(default=0.3, gt=0.0, le=1.0,
-                             description="counts only: a meter below this is 'low' in the counted situation")
+                             description="counts, episodic: a meter below this is 'low' in the counted situation")
     weight: float = Field(default=0.02, ge=0.0, description="initial weight; normalised RND rewards are ~1, "
                                                              "count bonuses 1 / sqrt(N) <= 1")
     decay: float = Field(default=0.99, gt=0.0, le=1.0)
@@ -211,7 +222,7 @@ READ_BY: dict[str, tuple[str, ...]] = {
     "network.layer_norm": ("dqn",),
     **{f"learner.{name}": Q_LEARNING for name in (
         "n_step", "batch_size", "target_update_every", "tau", "huber_delta", "double", "learning_starts",
-        "replay_ratio")},
+        "replay_ratio", "value_rescale")},
     "replay.capacity": Q_LEARNING,
     **{f"replay.{name}": ("r2d2",) for name in (
         "prioritized", "burn_in", "train_len", "stride", "stored_state", "split_episodes")},

@@ -12,7 +12,16 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from townlet.explore import RND, EpsilonSchedule, Guides, IntrinsicAnnealing, VisitCounts, agent_epsilons
+from townlet.explore import (
+    RND,
+    EpisodicCounts,
+    EpsilonSchedule,
+    EzGreedy,
+    Guides,
+    IntrinsicAnnealing,
+    VisitCounts,
+    agent_epsilons,
+)
 from townlet.explore.shaping import MeterPotential
 from townlet.learn import OnlineTargetLearner
 from townlet.replay import SequenceReplay, TransitionReplay, with_intrinsic
@@ -56,6 +65,14 @@ class ValueLearning:
         self.counts = (
             VisitCounts(world.grid_size, world.num_affordances, cu.low_meter, self.device)
             if cu.enabled and cu.kind == "counts" else None
+        )
+        self.episodic = (
+            EpisodicCounts(world.num_agents, world.grid_size, cu.low_meter, device=self.device)
+            if cu.enabled and cu.kind == "episodic" else None
+        )
+        self.repeats = (
+            EzGreedy(world.num_agents, ex.repeat_mu, ex.repeat_max, self.device, self.act_gen)
+            if ex.repeat_mu is not None else None
         )
         self.annealing = (
             IntrinsicAnnealing(cu.weight, cu.decay, cu.window, cu.variance_threshold, cu.min_survival_fraction,
@@ -109,12 +126,19 @@ class ValueLearning:
         return eps
 
     def act(self, obs: Tensor, mask: Tensor, first: Tensor) -> Tensor:
-        actions, self._q = self._choose(obs, mask, self.exploration_rates(), first)
+        if self.repeats is None:
+            actions, self._q = self._choose(obs, mask, self.exploration_rates(), first)
+        else:  # εz-greedy: the greedy choice, then the repeats decide who explores and how long
+            _, self._q = self._choose(obs, mask, 0.0, first)
+            actions = self.repeats.select(self._q, mask, self.exploration_rates(), first)
         self._mask = mask
         if self.guides is not None:
             actions = self.guides.act(self.world, actions)
         # a count bonus is for the situation the action is taken in: read it before the world steps
         self._intrinsic = self.counts.bonus(self.world, actions) if self.counts is not None else None
+        if self.episodic is not None:
+            self.episodic.reset(first)
+            self._intrinsic = self.episodic.bonus(self.world)
         return actions
 
     def store(self, step: Step) -> None:
@@ -193,6 +217,8 @@ class ValueLearning:
             "guides": self.guides.state_dict() if self.guides is not None else None,
             "rnd": self.rnd.state_dict() if self.rnd is not None else None,
             "counts": self.counts.state_dict() if self.counts is not None else None,
+            "episodic": self.episodic.state_dict() if self.episodic is not None else None,
+            "repeats": self.repeats.state_dict() if self.repeats is not None else None,
             "annealing": self.annealing.state_dict() if self.annealing is not None else None,
             "intrinsic_sum": self.intrinsic_sum,
             "intrinsic_steps": self.intrinsic_steps,
@@ -207,7 +233,7 @@ class ValueLearning:
         self.update_credit = float(state["update_credit"])
         self.act_gen.set_state(state["act_gen"])
         self.sample_gen.set_state(state["sample_gen"])
-        for name in ("guides", "rnd", "counts", "annealing"):
+        for name in ("guides", "rnd", "counts", "episodic", "repeats", "annealing"):
             part = getattr(self, name)
             if part is not None:
                 part.load_state_dict(state[name])
@@ -222,5 +248,5 @@ def optim_fields(config: RunConfig) -> dict[str, Any]:
     return {
         "gamma": lc.gamma, "lr": lc.lr, "adam_eps": lc.adam_eps, "grad_clip": lc.grad_clip,
         "huber_delta": lc.huber_delta, "double": lc.double, "target_update_every": lc.target_update_every,
-        "tau": lc.tau,
+        "tau": lc.tau, "value_rescale": lc.value_rescale,
     }
