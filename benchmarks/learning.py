@@ -1,18 +1,22 @@
-"""Learning results: train each level's default run config for its wall-clock budget, evaluate the greedy
-agent over >= 1,000 episodes at full difficulty, and write the results table (Markdown + JSON) and learning
-curves to benchmarks/results/.
+"""Learning results: train each level's default run config (teacher-free: learning from the level's reward
+alone) for its budget, evaluate the greedy agent over >= 1,000 episodes at full difficulty, and write the
+results table (Markdown + JSON) and learning curves to benchmarks/results/.
 
-Goals (2 CPU cores): L1_full 5 min -> >= 95% of episodes reach the 500-tick cap; L2_partial_fixed 10 min ->
-mean >= 450; L2_partial 15 min -> mean >= 400; L3_temporal 20 min -> mean >= 350. The baseline beside each
-row is the random policy, evaluated on the same episodes.
+Each level has two budgets, and each goal must hold at both: a wall-clock budget on 2 CPU cores
+(`--budget time`, what a user's run gets) and an agent-step budget (`--budget steps`, which does not depend on
+how fast the machine is that day). Goals: L1_full 5 min / 3 M steps -> >= 95% of episodes reach the 500-tick
+cap; L2_partial_fixed 10 min / 10 M -> mean >= 450; L2_partial 15 min / 20 M -> mean >= 400; L3_temporal
+20 min / 25 M -> mean >= 350. The baseline beside each row is the random policy, on the same episodes.
 
-    python benchmarks/learning.py LEVEL|all [--seeds 3] [--episodes 1000] [--out benchmarks/results]
+    python benchmarks/learning.py LEVEL|all [--budget time|steps] [--seeds 3] [--episodes 1000]
+        [--demonstrations] [--out benchmarks/results]
 
-`--minutes` replaces every budget (for a quick smoke run; the goals are defined at the budgets above). Training
-one level keeps the other levels' runs from the results JSON already there, so the table stays whole; each
-run records when it finished.
-`--replot` rewrites the Markdown and the plots from an earlier results JSON (and its run directories)
-without training.
+`--demonstrations` trains the levels' learning-from-demonstrations run configs (`<level>_demonstrations`:
+imitating a scripted policy) instead, into their own table (`learning-demonstrations.md`).
+`--minutes` / `--steps` replace every budget (smoke runs; the goals are defined at the budgets above).
+Training one level or budget keeps the other rows' runs from the results JSON already there, so the table stays
+whole; each run records when it finished. `--replot` rewrites the Markdown and the plots from an earlier
+results JSON without training.
 """
 
 from __future__ import annotations
@@ -20,84 +24,115 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from townlet.train.config import parse_overrides
-from townlet.train.experiment import Goal, Trial, run_trial, summarize, write_results
+from townlet.train.experiment import Goal, Trial, budget_label, run_trial, summarize, write_results
 from townlet.world import load_level, scripted_stats
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from world_throughput import machine_speed  # sibling benchmark script
 
-BUDGETS = {  # level: (minutes, goal)
-    "L1_full": (5.0, Goal("cap_rate", 0.95)),
-    "L2_partial_fixed": (10.0, Goal("survival_mean", 450)),
-    "L2_partial": (15.0, Goal("survival_mean", 400)),
-    "L3_temporal": (20.0, Goal("survival_mean", 350)),
+
+@dataclass(frozen=True)
+class LevelBudget:
+    minutes: float
+    steps: int
+    goal: Goal
+
+
+BUDGETS = {
+    "L1_full": LevelBudget(5.0, 3_000_000, Goal("cap_rate", 0.95)),
+    "L2_partial_fixed": LevelBudget(10.0, 10_000_000, Goal("survival_mean", 450)),
+    "L2_partial": LevelBudget(15.0, 20_000_000, Goal("survival_mean", 400)),
+    "L3_temporal": LevelBudget(20.0, 25_000_000, Goal("survival_mean", 350)),
 }
+# Learning from demonstrations: run configs that imitate a scripted policy (L1_full learns without one).
+DEMONSTRATIONS = {level: f"{level}_demonstrations" for level in ("L2_partial_fixed", "L2_partial", "L3_temporal")}
 
 
 def baseline_note(rows: list[dict]) -> str:
     return "Random valid-action policy on the same evaluation seeds (the baseline): " + ", ".join(
-        f"{r['level']} {r['random_mean']:.1f} (agent {r['vs_random']:.2f}× it)" for r in rows
+        f"{r['name']} {budget_label(r)} {r['random_mean']:.1f} (agent {r['vs_random']:.2f}× it)" for r in rows
     )
 
 
-def kept_records(path: Path, levels: list[str], rerun: list[int]) -> list[dict]:
-    """The runs of an earlier results file that this call does not repeat: the other levels' runs, so training
-    one level updates only its rows, and with `rerun` the seeds of these levels that are not retrained."""
+def kept_records(path: Path, levels: list[str], budget: str, rerun: list[int]) -> list[dict]:
+    """The runs of an earlier results file that this call does not repeat: other levels' and the other budget's
+    runs, so training one level at one budget updates only its rows, and with `rerun` the seeds of these levels
+    that are not retrained."""
     if not path.exists():
         return []
-    return [r for r in json.loads(path.read_text())["runs"]
-            if r["level"] in BUDGETS and (r["level"] not in levels or (rerun and r["seed"] not in rerun))]
+
+    def repeated(r: dict) -> bool:
+        same_budget = (r.get("steps") is not None) == (budget == "steps")
+        return r["name"] in levels and same_budget and (not rerun or r["seed"] in rerun)
+
+    return [r for r in json.loads(path.read_text())["runs"] if r["name"] in BUDGETS and not repeated(r)]
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("level", choices=[*BUDGETS, "all"])
+    parser.add_argument("--budget", choices=["time", "steps"], default="time")
+    parser.add_argument("--demonstrations", action="store_true",
+                        help="train the learning-from-demonstrations run configs, into their own table")
     parser.add_argument("--seeds", type=int, default=3, help="seeds 0 .. N-1 per level")
     parser.add_argument("--rerun", type=int, action="append", default=[], metavar="SEED",
                         help="of the --seeds, retrain only this one (repeatable); the others keep their recorded runs")
     parser.add_argument("--episodes", type=int, default=1000)
-    parser.add_argument("--minutes", type=float, default=None, help="override every budget (smoke runs)")
+    parser.add_argument("--minutes", type=float, default=None, help="override every time budget (smoke runs)")
+    parser.add_argument("--steps", type=int, default=None, help="override every step budget (smoke runs)")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
     parser.add_argument("--runs", type=Path, default=Path("runs") / "bench-learning", help="run directories")
-    parser.add_argument("--stem", default="learning", help="output file names: STEM.md, STEM.json, STEM-LEVEL.png")
+    parser.add_argument("--stem", default=None,
+                        help="output file names STEM.md, STEM.json, STEM-LEVEL.png (default: learning, or "
+                             "learning-demonstrations)")
     parser.add_argument("--replot", action="store_true", help="re-render STEM.md and the plots from STEM.json")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a run-config field in every run, as `townlet train --set` (recorded)")
     args = parser.parse_args(argv)
+    stem = args.stem or ("learning-demonstrations" if args.demonstrations else "learning")
+    title = "Learning from demonstrations" if args.demonstrations else "Learning from the level's reward"
     if args.replot:
-        data = json.loads((args.out / f"{args.stem}.json").read_text())
-        for path in write_results(args.out, args.stem, data["title"], data["runs"], data["rows"], data["command"],
+        data = json.loads((args.out / f"{stem}.json").read_text())
+        for path in write_results(args.out, stem, data["title"], data["runs"], data["rows"], data["command"],
                                   notes=baseline_note(data["rows"]), machine_note=data["machine"], date=data["date"]):
             print(f"wrote {path}")
         return 0
     levels = list(BUDGETS) if args.level == "all" else [args.level]
+    if args.demonstrations:
+        levels = [level for level in levels if level in DEMONSTRATIONS]
+        if not levels:
+            parser.error(f"--demonstrations: {args.level} has no such run config; levels: {', '.join(DEMONSTRATIONS)}")
     overrides = parse_overrides(args.overrides)
     if any(not 0 <= seed < args.seeds for seed in args.rerun):
         parser.error(f"--rerun: seeds must be among the --seeds 0 .. {args.seeds - 1}, got {args.rerun}")
-    path = args.out / f"{args.stem}.json"
-    records, goals = kept_records(path, levels, args.rerun), {lv: g for lv, (_, g) in BUDGETS.items()}
+    records = kept_records(args.out / f"{stem}.json", levels, args.budget, args.rerun)
     for level in levels:
-        minutes, _ = BUDGETS[level]
+        budget = BUDGETS[level]
+        config = DEMONSTRATIONS[level] if args.demonstrations else level
         for seed in sorted(set(args.rerun)) or range(args.seeds):
-            trial = Trial(level, level, seed, args.minutes or minutes, overrides)
-            print(f"{level} seed {seed}: training {trial.minutes:g} min ...", flush=True)
+            if args.budget == "time":
+                trial = Trial(level, config, seed, args.minutes or budget.minutes, overrides)
+            else:
+                trial = Trial(level, config, seed, None, overrides, steps=args.steps or budget.steps)
+            print(f"{config} seed {seed}: training {budget_label(vars(trial))} ...", flush=True)
             record = run_trial(trial, args.runs, episodes=args.episodes, machine_speed=machine_speed)
             ev = record["eval"]
             print(f"  greedy mean {ev['survival_mean']:.1f}, cap rate {ev['cap_rate']:.1%}, "
-                  f"{record['env_steps']:,} steps, {record['updates']:,} updates", flush=True)
+                  f"{record['env_steps']:,} steps in {record['train_s'] / 60:.1f} min, {record['updates']:,} updates",
+                  flush=True)
             records.append(record)
-    records.sort(key=lambda r: (list(BUDGETS).index(r["level"]), r["seed"]))
-    rows = summarize(records, goals)
+    records.sort(key=lambda r: (list(BUDGETS).index(r["name"]), r.get("steps") is not None, r["seed"]))
+    rows = summarize(records, {level: b.goal for level, b in BUDGETS.items()})
     for row in rows:
-        random = scripted_stats(load_level(row["level"]), args.episodes, 250, 12345)["random"]
+        random = scripted_stats(load_level(row["name"]), args.episodes, 250, 12345)["random"]
         row["random_mean"] = random["survival_mean"]
         row["vs_random"] = row["survival_mean"] / random["survival_mean"]
     command = "python benchmarks/learning.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    for path in write_results(args.out, args.stem, "Learning results", records, rows, command,
-                              notes=baseline_note(rows)):
+    for path in write_results(args.out, stem, title, records, rows, command, notes=baseline_note(rows)):
         print(f"wrote {path}")
     return 0
 

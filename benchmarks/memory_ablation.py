@@ -10,8 +10,11 @@ The LSTM agent should beat both by >= 30% in mean greedy survival; the table giv
 also give each recurrent agent's survival with its memory wiped before every step (the same trained net acting
 on the current observation alone), which says how much the trained agent itself relies on what it remembers.
 
-    python benchmarks/memory_ablation.py [--level L2_partial] [--minutes 15] [--seeds 1] [--episodes 1000]
-        [--lstm-from benchmarks/results/learning.json]
+    python benchmarks/memory_ablation.py [--level L2_partial] [--minutes 15 | --steps 20000000] [--seeds 1]
+        [--episodes 1000] [--lstm-from benchmarks/results/learning.json]
+
+Every variant learns from the level's reward alone when the level's default run config does (it is the
+`lstm` variant; the others change only the memory).
 
 `--lstm-from` takes the `lstm` runs from a `benchmarks/learning.py` results file instead of training them
 again: those are the same default config, level, seeds and budget (checked), so this saves one run per seed.
@@ -30,7 +33,7 @@ from townlet.config_files import deep_merge
 from townlet.train import open_run
 from townlet.train.config import parse_overrides
 from townlet.train.evaluate import greedy_stats
-from townlet.train.experiment import Trial, run_trial, summarize, write_results
+from townlet.train.experiment import Trial, budget_label, run_trial, summarize, write_results
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from world_throughput import machine_speed  # sibling benchmark script
@@ -42,13 +45,15 @@ VARIANTS = {
 }
 
 
-def kept_records(path: Path, level: str, minutes: float, rerun: list[int]) -> dict[tuple[str, int], dict]:
+def kept_records(path: Path, level: str, minutes: float | None, rerun: list[int],
+                 steps: int | None = None) -> dict[tuple[str, int], dict]:
     """The runs of an earlier results file for this level and budget whose seeds are not retrained, by
     (variant, seed)."""
     if not path.exists():
         return {}
     return {(r["name"], r["seed"]): r for r in json.loads(path.read_text())["runs"]
-            if r["level"] == level and r["minutes"] == minutes and r["seed"] not in rerun}
+            if r["level"] == level and r["minutes"] == minutes and r.get("steps") == steps
+            and r["seed"] not in rerun}
 
 
 def fill_memory_wiped(record: dict, agents: int = 250) -> None:
@@ -81,7 +86,8 @@ def memory_wiped_note(records: list[dict]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--level", default="L2_partial")
-    parser.add_argument("--minutes", type=float, default=15.0)
+    parser.add_argument("--minutes", type=float, default=None, help="wall-clock budget (default 15)")
+    parser.add_argument("--steps", type=int, default=None, help="agent-step budget (instead of --minutes)")
     parser.add_argument("--seeds", type=int, default=1, help="seeds 0 .. N-1 per variant")
     parser.add_argument("--episodes", type=int, default=1000)
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
@@ -93,15 +99,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a run-config field in every variant, as `townlet train --set`")
     args = parser.parse_args(argv)
+    if args.minutes is not None and args.steps is not None:
+        parser.error("give one budget: --minutes or --steps")
+    if args.minutes is None and args.steps is None:
+        args.minutes = 15.0
     if any(not 0 <= seed < args.seeds for seed in args.rerun):
         parser.error(f"--rerun: seeds must be among the --seeds 0 .. {args.seeds - 1}, got {args.rerun}")
     extra = parse_overrides(args.overrides)
     stem = f"memory-ablation-{args.level}"
-    kept = kept_records(args.out / f"{stem}.json", args.level, args.minutes, args.rerun) if args.rerun else {}
+    kept = kept_records(args.out / f"{stem}.json", args.level, args.minutes, args.rerun, args.steps)
+    kept = kept if args.rerun else {}
     reused = {}
     if args.lstm_from is not None:
         for run in json.loads(args.lstm_from.read_text())["runs"]:
-            if run["level"] == args.level and run["minutes"] == args.minutes and run["overrides"] == extra:
+            same_budget = run["minutes"] == args.minutes and run.get("steps") == args.steps
+            if run["level"] == args.level and same_budget and run["overrides"] == extra:
                 reused[run["seed"]] = {**run, "name": "lstm"}
     records = []
     for seed in range(args.seeds):
@@ -116,8 +128,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"lstm seed {seed}: reusing {reused[seed]['run_dir']} from {args.lstm_from}", flush=True)
                 records.append(reused[seed])
                 continue
-            trial = Trial(name, args.level, seed, args.minutes, deep_merge(extra, VARIANTS[name]))
-            print(f"{name} seed {seed}: training {args.level} for {args.minutes:g} min ...", flush=True)
+            trial = Trial(name, args.level, seed, args.minutes, deep_merge(extra, VARIANTS[name]), args.steps)
+            print(f"{name} seed {seed}: training {args.level} for {budget_label(vars(trial))} ...", flush=True)
             record = run_trial(trial, args.runs, episodes=args.episodes, machine_speed=machine_speed)
             print(f"  greedy mean {record['eval']['survival_mean']:.1f}, {record['env_steps']:,} steps, "
                   f"{record['updates']:,} updates", flush=True)

@@ -6,22 +6,32 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import sys
 from pathlib import Path
 from types import ModuleType
 
 import pytest
 
 from tests.train.runs import make_run
-from townlet.train.experiment import Goal, markdown_table, summarize, training_curve, write_results
+from townlet.train.experiment import (
+    Goal,
+    markdown_table,
+    record_curve,
+    summarize,
+    training_curve,
+    write_results,
+)
 
 BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 FAST = ["--set", "compile_world=false"]  # a 2-second budget has no room for compiling the world
+SMALL = ["--set", "agents=16", "--set", "learner.learning_starts=500", "--set", "logging.interval_steps=1000"]
 
 
 def load_script(name: str) -> ModuleType:
     spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up while the script runs
     spec.loader.exec_module(module)
     return module
 
@@ -55,10 +65,14 @@ def test_rerunning_seeds_keeps_the_other_seeds_and_levels(tmp_path: Path) -> Non
     runs = [record("L1_full", seed, 400.0 + seed) for seed in range(3)]
     runs.append({**record("L2_partial", 0, 200.0), "level": "L2_partial"})
     path = tmp_path / "learning.json"
+    runs.append({**record("L1_full", 0, 300.0), "steps": 3_000_000, "minutes": None})  # the other budget
     path.write_text(json.dumps({"runs": runs}))
-    kept = learning.kept_records(path, ["L1_full"], [0, 2])
-    assert [(r["level"], r["seed"]) for r in kept] == [("L1_full", 1), ("L2_partial", 0)]
-    assert [r["level"] for r in learning.kept_records(path, ["L1_full"], [])] == ["L2_partial"]
+    kept = learning.kept_records(path, ["L1_full"], "time", [0, 2])
+    assert [(r["level"], r["seed"], r.get("steps")) for r in kept] == [
+        ("L1_full", 1, None), ("L2_partial", 0, None), ("L1_full", 0, 3_000_000)]
+    assert [r["level"] for r in learning.kept_records(path, ["L1_full"], "time", [])] == ["L2_partial", "L1_full"]
+    assert [r["level"] for r in learning.kept_records(path, ["L1_full"], "steps", [])] == ["L1_full"] * 3 + [
+        "L2_partial"]
     with pytest.raises(SystemExit):  # a seed outside --seeds is refused before anything trains
         learning.main(["L1_full", "--seeds", "2", "--rerun", "2", "--out", str(tmp_path)])
 
@@ -66,8 +80,8 @@ def test_rerunning_seeds_keeps_the_other_seeds_and_levels(tmp_path: Path) -> Non
 def test_learning_benchmark_then_memory_ablation_reusing_its_lstm_run(tmp_path: Path) -> None:
     out, runs = tmp_path / "results", tmp_path / "runs"
     learning = load_script("learning")
-    code = learning.main(["L2_partial_fixed", "--seeds", "1", "--minutes", "0.03", "--episodes", "20",
-                          "--out", str(out), "--runs", str(runs), *FAST])
+    code = learning.main(["L2_partial_fixed", "--seeds", "1", "--budget", "steps", "--steps", "6000",
+                          "--episodes", "20", "--out", str(out), "--runs", str(runs), *FAST, *SMALL])
     assert code == 0
     data = json.loads((out / "learning.json").read_text())
     (row,) = data["rows"]
@@ -76,24 +90,27 @@ def test_learning_benchmark_then_memory_ablation_reusing_its_lstm_run(tmp_path: 
     assert row["survival_mean"] == run["eval"]["survival_mean"] and run["env_steps"] > 0
     assert row["goal"] == "mean survival >= 450" and row["random_mean"] > 0
     md = (out / "learning.md").read_text()
-    assert "| L2_partial_fixed | L2_partial_fixed | 0.03 min | 1 |" in md and "Random valid-action policy" in md
+    assert "| L2_partial_fixed | L2_partial_fixed | 0.006 M steps | 1 |" in md and "Random valid-action policy" in md
     assert (out / "learning-L2_partial_fixed.png").read_bytes()[:4] == b"\x89PNG"
-    minutes, survival = training_curve(Path(run["run_dir"]))
-    assert len(minutes) == len(survival) and (survival > 0).all()
+    curve = training_curve(Path(run["run_dir"]))
+    assert len(curve["minutes"]) == len(curve["steps"]) == len(curve["survival"]) > 0
+    assert (curve["survival"] > 0).all() and (curve["steps"] <= run["env_steps"]).all()
+    assert run["curve"]["survival"][-1] == pytest.approx(curve["survival"][-1], abs=1e-3)  # stored with the record
     assert f"L2_partial_fixed seed 0 {run['finished']}" in md
     if (BENCHMARKS.parents[1] / "shared" / "bench" / "plain_world.py").exists():  # the machine's speed is noted
         assert run["yardstick_steps_per_s"] > 1000
         assert f"L2_partial_fixed seed 0 {run['yardstick_steps_per_s']:,.0f}" in md
     # training another level keeps this one's run: the table stays whole
-    assert learning.main(["L1_full", "--seeds", "1", "--minutes", "0.02", "--episodes", "10", "--out", str(out),
-                          "--runs", str(runs), *FAST]) == 0
+    assert learning.main(["L1_full", "--seeds", "1", "--minutes", "0.02", "--episodes", "10",
+                          "--out", str(out), "--runs", str(runs), *FAST]) == 0
     both = json.loads((out / "learning.json").read_text())
-    assert [r["level"] for r in both["rows"]] == ["L1_full", "L2_partial_fixed"]
-    assert both["runs"][1] == run
+    assert [(r["level"], r["steps"]) for r in both["rows"]] == [("L1_full", None), ("L2_partial_fixed", 6000)]
+    assert both["runs"][1] == run and both["runs"][1]["env_steps"] >= 6000
+    assert "| L1_full | L1_full | 0.02 min | 1 |" in (out / "learning.md").read_text()
 
     ablation = load_script("memory_ablation")
-    code = ablation.main(["--level", "L2_partial_fixed", "--minutes", "0.03", "--episodes", "10", "--out", str(out),
-                          "--runs", str(runs), "--lstm-from", str(out / "learning.json"), *FAST])
+    code = ablation.main(["--level", "L2_partial_fixed", "--steps", "6000", "--episodes", "10", "--out", str(out),
+                          "--runs", str(runs), "--lstm-from", str(out / "learning.json"), *FAST, *SMALL])
     assert code == 0
     data = json.loads((out / "memory-ablation-L2_partial_fixed.json").read_text())
     assert [r["name"] for r in data["rows"]] == ["lstm", "no-memory", "zero-state"]
@@ -121,8 +138,8 @@ def test_learning_benchmark_then_memory_ablation_reusing_its_lstm_run(tmp_path: 
     ablation.fill_memory_wiped(gone)
     assert "memory_wiped" not in gone["eval"] and ablation.memory_wiped_note([gone]) == ""
     # adding a seed keeps seed 0's recorded run and trains only the new one
-    code = ablation.main(["--level", "L2_partial_fixed", "--minutes", "0.03", "--episodes", "10", "--out", str(out),
-                          "--runs", str(runs), "--variants", "no-memory", "--seeds", "2", "--rerun", "1", *FAST])
+    code = ablation.main(["--level", "L2_partial_fixed", "--steps", "6000", "--episodes", "10", "--out", str(out),
+                          "--runs", str(runs), "--variants", "no-memory", "--seeds", "2", "--rerun", "1", *FAST, *SMALL])
     assert code == 0
     again = json.loads((out / "memory-ablation-L2_partial_fixed.json").read_text())
     assert [(r["name"], r["seed"]) for r in again["runs"]] == [("no-memory", 0), ("no-memory", 1)]
@@ -166,7 +183,7 @@ def test_several_levels_get_an_overview_plot_and_replot_rewrites_from_json(tmp_p
     assert load_script("learning").main(["all", "--replot", "--out", str(out)]) == 0
     md = (out / "learning.md").read_text()
     assert (out / "learning.png").read_bytes()[:4] == b"\x89PNG"
-    assert "`cmd` on here, then." in md and "L2_partial 100.0 (agent 2.00× it)" in md
+    assert "`cmd` on here, then." in md and "L2_partial 5 min 100.0 (agent 2.00× it)" in md
     # on a fresh clone the run directories (not committed) are missing: the plots keep the greedy stars
     data = json.loads((out / "learning.json").read_text())
     for run in data["runs"]:
@@ -174,3 +191,8 @@ def test_several_levels_get_an_overview_plot_and_replot_rewrites_from_json(tmp_p
     (out / "learning.json").write_text(json.dumps(data))
     assert load_script("learning").main(["all", "--replot", "--out", str(out)]) == 0
     assert (out / "learning-L1_full.png").read_bytes()[:4] == b"\x89PNG"
+    # a record carries its own curve, so plots need no run directory; older records fall back to theirs
+    stored = {"minutes": [1.0, 2.0], "steps": [10.0, 20.0], "survival": [50.0, 60.0]}
+    assert record_curve({"curve": stored, "run_dir": "gone"})["survival"].tolist() == [50.0, 60.0]
+    from_dir = record_curve({"run_dir": str(run_dir)})
+    assert len(from_dir["survival"]) > 0 and len(record_curve({"run_dir": "gone"})["survival"]) == 0

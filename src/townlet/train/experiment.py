@@ -45,17 +45,30 @@ class Goal:
 
 @dataclass
 class Trial:
-    """One training run: a named variant of a level's default run config, one seed, one budget."""
+    """One training run: a named variant of a level's default run config, one seed, one budget (wall-clock
+    `minutes` or agent-`steps`; exactly one)."""
 
     name: str
     level: str
     seed: int
-    minutes: float
+    minutes: float | None
     overrides: dict[str, Any] = field(default_factory=dict)
+    steps: int | None = None
+
+    def __post_init__(self) -> None:
+        if (self.minutes is None) == (self.steps is None):
+            raise ValueError(f"trial {self.name!r}: give exactly one budget, minutes or steps")
 
     @property
     def run_name(self) -> str:
         return f"{self.name}-seed{self.seed}"
+
+
+def budget_label(record: dict[str, Any]) -> str:
+    """'15 min' or '20 M steps': the budget a trial record (or results row) trained under."""
+    if record.get("steps") is not None:
+        return f"{record['steps'] / 1e6:g} M steps"
+    return f"{record['minutes']:g} min"
 
 
 def run_trial(
@@ -67,7 +80,7 @@ def run_trial(
     `machine_speed(agents)`, measured just before training, is recorded as `yardstick_steps_per_s`: a
     wall-clock budget buys as much compute as the machine gives at that moment, so results say how fast it was.
     """
-    overrides = {**trial.overrides, "seed": trial.seed, "minutes": trial.minutes, "steps": None}
+    overrides = {**trial.overrides, "seed": trial.seed, "minutes": trial.minutes, "steps": trial.steps}
     config = load_run_config(trial.level, overrides, source_note="experiment overrides")
     speed = machine_speed(config.agents) if machine_speed is not None else None
     run_dir = Path(runs_dir) / trial.run_name
@@ -80,6 +93,8 @@ def run_trial(
     trainer.run()
     train_s = time.perf_counter() - start
     result = evaluate(run_dir, episodes=episodes, seed=eval_seed, scripted=False)
+    curve = training_curve(run_dir)
+    keep = np.unique(np.linspace(0, len(curve["survival"]) - 1, min(len(curve["survival"]), 300)).astype(int))
     return {
         **asdict(trial),
         "run_dir": str(run_dir),
@@ -89,15 +104,18 @@ def run_trial(
         "finished": time.strftime("%Y-%m-%d %H:%M"),
         "yardstick_steps_per_s": speed,
         "eval": {k: v for k, v in result.items() if k not in ("checkpoint", "level")},
+        # the curve travels with the record: run directories are not committed, plots are redrawn without them
+        "curve": {k: [round(float(x), 3) for x in v[keep]] for k, v in curve.items()} if len(keep) else {},
     }
 
 
 def summarize(records: list[dict[str, Any]], goals: dict[str, Goal] | None = None) -> list[dict[str, Any]]:
-    """One row per trial name (seeds pooled): mean across seeds with its 95% CI, cap rate, steps, time."""
+    """One row per trial name and budget (seeds pooled): mean across seeds with its 95% CI, cap rate, steps,
+    time."""
     goals = goals or {}
     rows = []
-    for name in dict.fromkeys(r["name"] for r in records):
-        group = [r for r in records if r["name"] == name]
+    for name, budget in dict.fromkeys((r["name"], budget_label(r)) for r in records):
+        group = [r for r in records if (r["name"], budget_label(r)) == (name, budget)]
         means = [r["eval"]["survival_mean"] for r in group]
         mean, half = mean_ci95(means)  # across seeds
         if len(group) == 1:  # one seed: the interval over its evaluation episodes
@@ -110,6 +128,7 @@ def summarize(records: list[dict[str, Any]], goals: dict[str, Goal] | None = Non
             "level": group[0]["level"],
             "seeds": [r["seed"] for r in group],
             "minutes": group[0]["minutes"],
+            "steps": group[0].get("steps"),
             "survival_mean": mean,
             "ci95_half": half,
             "ci_over": ci_kind,
@@ -157,7 +176,7 @@ def markdown_table(rows: list[dict[str, Any]], baselines: dict[str, float] | Non
         if "goal" in r:
             goal = f"{r['goal']}: {'met' if r['goal_met'] else 'not met'}"
         line = (
-            f"| {r['name']} | {r['level']} | {r['minutes']:g} min | {len(r['seeds'])} | "
+            f"| {r['name']} | {r['level']} | {budget_label(r)} | {len(r['seeds'])} | "
             f"{r['survival_mean']:.1f} ± {ci} ({r['ci_over']}) | {r['survival_median']:.0f} | {r['cap_rate']:.1%} | "
             f"{goal} | {r['env_steps'] / 1e6:.1f} M | {r['updates']:,.0f} |"
         )
@@ -168,12 +187,12 @@ def markdown_table(rows: list[dict[str, Any]], baselines: dict[str, float] | Non
     return "\n".join(lines)
 
 
-def training_curve(run_dir: Path, window: int = 200) -> tuple[np.ndarray, np.ndarray]:
-    """(minutes, rolling mean survival of the last `window` finished training episodes) of a run; the wall
-    time of each episode is interpolated from the learner rows (step, wall_s)."""
+def training_curve(run_dir: Path, window: int = 200) -> dict[str, np.ndarray]:
+    """A run's learning curve: `survival` (rolling mean of the last `window` finished training episodes) at
+    agent-`steps` and wall-clock `minutes`; each episode's wall time is interpolated from the learner rows."""
     episodes, learner = read_metrics(run_dir)
     if not episodes or not learner:
-        return np.zeros(0), np.zeros(0)
+        return {"minutes": np.zeros(0), "steps": np.zeros(0), "survival": np.zeros(0)}
     steps = np.array([e["step"] for e in episodes], dtype=np.float64)
     lengths = np.array([e["length"] for e in episodes], dtype=np.float64)
     l_steps = np.array([0.0] + [r["step"] for r in learner])
@@ -182,24 +201,40 @@ def training_curve(run_dir: Path, window: int = 200) -> tuple[np.ndarray, np.nda
     w = max(1, min(window, len(lengths)))
     csum = np.concatenate([[0.0], np.cumsum(lengths)])
     idx = np.arange(w - 1, len(lengths))
-    return minutes[idx], (csum[idx + 1] - csum[idx + 1 - w]) / w
+    return {"minutes": minutes[idx], "steps": steps[idx], "survival": (csum[idx + 1] - csum[idx + 1 - w]) / w}
 
 
-def _draw_curves(ax: Any, records: list[dict[str, Any]], title: str, cap: int) -> None:
-    colors: dict[str, str] = {}
-    for r in records:
-        color = colors.setdefault(r["name"], f"C{len(colors)}")
-        run_dir = Path(r["run_dir"])
-        # runs/ is not committed: a replot elsewhere, or after a run directory was reused, shows the star only
-        x, y = training_curve(run_dir) if (run_dir / "metrics.sqlite").exists() else ([], [])
-        if len(x):
-            ax.plot(x, y, color=color, lw=1.6, label=f"{r['name']} (seed {r['seed']})")
-        ax.plot([r["minutes"]], [r["eval"]["survival_mean"]], marker="*", ms=13, color=color, ls="none")
+def record_curve(record: dict[str, Any]) -> dict[str, np.ndarray]:
+    """The curve stored in a trial record, or read from its run directory for records made before curves were
+    stored; empty when neither exists."""
+    if record.get("curve"):
+        return {k: np.asarray(v, dtype=np.float64) for k, v in record["curve"].items()}
+    run_dir = Path(record["run_dir"])
+    if (run_dir / "metrics.sqlite").exists():
+        return training_curve(run_dir)
+    return {"minutes": np.zeros(0), "steps": np.zeros(0), "survival": np.zeros(0)}
+
+
+def _draw_curves(ax: Any, records: list[dict[str, Any]], title: str, cap: int, x_axis: str = "minutes") -> None:
+    """Each run (name and seed) in its own colour, its greedy evaluation as a star at the end of its budget."""
+    for i, r in enumerate(records):
+        color = f"C{i % 10}"
+        curve = record_curve(r)
+        scale = 1e6 if x_axis == "steps" else 1.0
+        end = (r["env_steps"] if x_axis == "steps" else r["train_s"] / 60) / scale
+        label = f"{r['name']} seed {r['seed']}" if len({q["name"] for q in records}) > 1 else f"seed {r['seed']}"
+        if len(curve["survival"]):
+            ax.plot(curve[x_axis] / scale, curve["survival"], color=color, lw=1.4, label=label)
+        else:
+            label += " (no curve recorded)"
+        ax.plot([end], [r["eval"]["survival_mean"]], marker="*", ms=13, color=color, ls="none",
+                label=None if len(curve["survival"]) else label)
     ax.axhline(cap, color="grey", lw=0.8, alpha=0.6)
-    ax.set(title=title, xlabel="wall-clock minutes of training", ylabel="ticks survived", ylim=(0, cap * 1.05))
+    xlabel = "agent-steps of training (millions)" if x_axis == "steps" else "wall-clock minutes of training"
+    ax.set(title=title, xlabel=xlabel, ylabel="ticks survived", ylim=(0, cap * 1.05), xlim=(0, None))
     ax.plot([], [], marker="*", ms=11, color="black", ls="none", label="greedy evaluation")
     ax.grid(alpha=0.3)
-    ax.legend(loc="upper left", fontsize=8)
+    ax.legend(loc="upper left", fontsize=7)
 
 
 def _png(fig: Any) -> bytes:
@@ -208,29 +243,17 @@ def _png(fig: Any) -> bytes:
     return buf.getvalue()
 
 
-def plot_curves(records: list[dict[str, Any]], title: str, cap: int = 500) -> bytes:
-    """Training survival (mean of the last 200 episodes) against wall-clock minutes, one line per run, the
-    greedy evaluation at the end of each budget as a star."""
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(9, 4.8), dpi=100, layout="constrained")
-    _draw_curves(fig.subplots(), records, title, cap)
-    return _png(fig)
-
-
 def plot_overview(records: list[dict[str, Any]], title: str, cap: int = 500) -> bytes:
-    """One panel per level, side by side, for the README."""
+    """One row per level: survival against wall-clock minutes (left) and against agent-steps (right)."""
     from matplotlib.figure import Figure
 
     levels = list(dict.fromkeys(r["level"] for r in records))
-    cols = min(2, len(levels))
-    rows = -(-len(levels) // cols)
-    fig = Figure(figsize=(6 * cols, 3.8 * rows), dpi=100, layout="constrained")
-    axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False)).ravel()
-    for ax, level in zip(axes, levels, strict=False):
-        _draw_curves(ax, [r for r in records if r["level"] == level], level, cap)
-    for ax in axes[len(levels) :]:
-        ax.set_visible(False)
+    fig = Figure(figsize=(12, 3.8 * len(levels)), dpi=100, layout="constrained")
+    axes = fig.subplots(len(levels), 2, squeeze=False)
+    for (by_time, by_steps), level in zip(axes, levels, strict=True):
+        group = [r for r in records if r["level"] == level]
+        _draw_curves(by_time, group, level, cap, "minutes")
+        _draw_curves(by_steps, group, level, cap, "steps")
     fig.suptitle(title)
     return _png(fig)
 
@@ -240,8 +263,8 @@ def write_results(
     command: str, baselines: dict[str, float] | None = None, notes: str = "", machine_note: str | None = None,
     date: str | None = None,
 ) -> list[Path]:
-    """`<stem>.json`, `<stem>.md`, one `<stem>-<level>.png` curve per level and, for several levels, an
-    overview `<stem>.png` with one panel each; all written atomically."""
+    """`<stem>.json`, `<stem>.md`, one `<stem>-<level>.png` of curves per level and, for several levels, an
+    overview `<stem>.png` with a row each; all written atomically."""
     out_dir = Path(out_dir)
     written = []
     if len({r["level"] for r in records}) > 1:
@@ -249,7 +272,7 @@ def write_results(
         atomic_write(out_dir / f"{stem}.png", lambda tmp: tmp.write_bytes(png))
         written.append(out_dir / f"{stem}.png")
     for level in dict.fromkeys(r["level"] for r in records):
-        png = plot_curves([r for r in records if r["level"] == level], f"{title}: {level}")
+        png = plot_overview([r for r in records if r["level"] == level], f"{title}: {level}")
         path = out_dir / f"{stem}-{level}.png"
         atomic_write(path, lambda tmp, data=png: tmp.write_bytes(data))
         written.append(path)
