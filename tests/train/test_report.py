@@ -75,9 +75,10 @@ def test_summary_names_the_guides_of_a_guided_run() -> None:
     rows = _feature_rows(load_run_config("L2_partial", {"guides": {**memory, "imitation": 2.0, "imitate": "all"}}))
     assert ("| guides | no agent follows needs-memory; the network imitates its advice on every agent's steps "
             "(large margin 0.8, weight 2) |") in rows
-    rows = _feature_rows(load_run_config("L2_partial"))  # the default: advice from the memoryless sweep
+    rows = _feature_rows(load_run_config("L2_partial_demonstrations"))  # advice from the memoryless sweep
     assert ("| guides | no agent follows needs-sweep; the network imitates its advice on every agent's steps "
             "(large margin 0.8, weight 1) |") in rows
+    assert "| guides | off |" in _feature_rows(load_run_config("L2_partial"))  # the default learns without a teacher
 
 
 def test_report_cli(run_dir: Path, tmp_path: Path) -> None:

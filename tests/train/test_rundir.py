@@ -87,10 +87,7 @@ def test_every_packaged_run_config_validates_and_names_its_algorithm():
     from importlib import resources
 
     names = sorted(p.stem for p in (resources.files("townlet.train") / "configs").iterdir() if p.name.endswith(".yaml"))
-    assert {"L1_full", "L2_partial", "L2_partial_ppo", "L2_partial_from_reward"} <= set(names)
+    assert {"L1_full", "L2_partial", "L2_partial_ppo", "L2_partial_demonstrations"} <= set(names)
     for name in names:
         config = load_run_config(name)
         assert config.algorithm in ("dqn", "r2d2", "ppo"), name
-    free = load_run_config("L2_partial_from_reward")
-    assert free.guides.imitation == 0 and free.guides.fraction == 0  # teacher-free: nobody guided, nothing imitated
-    assert free.learner.value_rescale and free.exploration.repeat_mu == 2.0 and free.curiosity.kind == "episodic"

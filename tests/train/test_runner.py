@@ -249,12 +249,29 @@ def test_run_files_extend_a_level_default_or_another_file(tmp_path):
         load_run_config(mine)
 
 
-def test_random_layout_recurrent_defaults_imitate_the_memoryless_sweep():
-    """The tuned defaults (docs/tuning.md): on every random-layout recurrent level the network
-    imitates needs-sweep on every agent's steps and nobody is guided; L2_memory keeps L2_partial's recipe."""
-    for level in ("L2_partial", "L2_memory", "L3_temporal"):
-        guides = load_run_config(level).guides
-        assert (guides.policy, guides.imitation, guides.imitate, guides.fraction) == ("needs-sweep", 1.0, "all", 0.0)
+def test_every_level_default_learns_from_reward_alone_and_demonstrations_are_opt_in():
+    """`townlet train LEVEL` is teacher-free on every packaged level: no agent is guided and nothing is imitated.
+    Learning from demonstrations is its own run config (`<level>_demonstrations`), which differs from the
+    default only in the guides and in leaving the generic exploration aids off."""
+    from importlib import resources
+
+    from townlet.world.config import LEVEL_NAMES
+
+    for level in LEVEL_NAMES:
+        config = load_run_config(level)
+        assert config.guides.fraction == 0 and config.guides.imitation == 0, level
+    for level, policy in (("L2_partial_fixed", "needs"), ("L2_partial", "needs-sweep"), ("L3_temporal", "needs-sweep")):
+        free, taught = load_run_config(level), load_run_config(f"{level}_demonstrations")
+        assert taught.guides.policy == policy and (taught.guides.fraction > 0 or taught.guides.imitation > 0)
+        assert free.learner.value_rescale and free.exploration.repeat_mu == 2.0 and free.curiosity.kind == "episodic"
+        assert not taught.learner.value_rescale and taught.exploration.repeat_mu is None
+        assert not taught.curiosity.enabled
+        same = {"guides", "curiosity", "exploration", "learner"}
+        assert taught.model_dump(exclude=same) == free.model_dump(exclude=same)
+        assert taught.learner.model_dump(exclude={"value_rescale"}) == free.learner.model_dump(
+            exclude={"value_rescale"})
+    names = {p.stem for p in (resources.files("townlet.train") / "configs").iterdir() if p.name.endswith(".yaml")}
+    assert set(LEVEL_NAMES) <= names  # every level has a default run config
     memory, partial = load_run_config("L2_memory"), load_run_config("L2_partial")
     assert memory.level == "L2_memory" and memory.model_dump(exclude={"level"}) == partial.model_dump(exclude={"level"})
 
