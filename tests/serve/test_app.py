@@ -66,6 +66,8 @@ def test_protocol_hello_frames_and_every_command() -> None:
         ws.send_json({"cmd": "resume"})
         assert next_message(ws, lambda m: m["tick"] > fresh["tick"])["paused"] is False
 
+        ws.send_bytes(b"\x00")
+        assert "commands are JSON text" in next_message(ws, lambda m: m["type"] == "error")["message"]
         for bad, expected in [
             ("not json", "not JSON"), ('{"cmd": "jump"}', "unknown command 'jump'; allowed: pause, resume"),
             ('{"cmd": "speed", "value": 0}', "speed: 0; a whole number"),

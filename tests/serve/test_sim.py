@@ -71,6 +71,18 @@ def test_the_networks_q_values_and_choice_are_shown_while_a_scripted_policy_driv
         assert agent["net_action"] == ACTION_NAMES[int(torch.where(mask[i], q[i], -torch.inf).argmax())]
 
 
+def test_values_that_are_not_numbers_are_sent_as_null() -> None:
+    """JSON has no NaN: a diverged network's outputs reach the page as nulls, not as invalid JSON."""
+    policy = network_policy("L0_minimal")
+    with torch.no_grad():
+        for parameter in policy.network.parameters():
+            parameter.fill_(float("nan"))
+    sim = Simulation(load_level("L0_minimal"), agents=2, network=policy, network_label="nan", policy="needs")
+    sim.step()
+    text = json.dumps(sim.frame(), allow_nan=False)
+    assert all(v is None for a in json.loads(text)["agents"] for v in a["values"])
+
+
 def test_the_network_drives_when_chosen_and_an_actor_critic_shows_probabilities() -> None:
     level = load_level("L0_minimal")
     policy = network_policy("L0_minimal", {"network": {"hidden": [16], "lstm_hidden": 8}}, "L2_partial_ppo")

@@ -21,9 +21,9 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
-from starlette.websockets import WebSocket, WebSocketDisconnect
+from starlette.websockets import WebSocket
 
-from townlet.serve.viewer import Client, Viewer
+from townlet.serve.viewer import Client, Viewer, command_error
 
 STATIC = Path(__file__).parent / "static"
 QUERY_PARAMETERS = {"agent": "the agent to follow first, 0 to K-1"}
@@ -66,13 +66,15 @@ def create_app(viewer: Viewer) -> Starlette:
         sender = asyncio.create_task(_send_frames(websocket, client, viewer.hello_text))
         try:
             while True:
-                error = viewer.command(await websocket.receive_text())
+                message = await websocket.receive()
+                if message["type"] == "websocket.disconnect":
+                    break
+                text = message.get("text")
+                error = viewer.command(text) if text is not None else command_error("commands are JSON text")
                 if error is not None:
                     if client.frames.full():
                         client.frames.get_nowait()
                     client.frames.put_nowait(error)
-        except WebSocketDisconnect:
-            pass
         finally:
             viewer.disconnect(client)
             sender.cancel()

@@ -43,15 +43,15 @@ def make_viewer(
     path = Path(target)
     try:
         if path.is_dir():
-            run_ = open_run(path, load=False)
-            level = run_.level
+            opened = open_run(path, load=False)
+            level = opened.level
             sim = Simulation(level, agents, seed, device, policy, wants_network=True)
             watcher = CheckpointWatcher(path, level, device)
             return Viewer(sim, f"run {path}", watcher, speed=speed)
         if path.is_file() and path.suffix == ".pt":
-            run_ = open_run(path)
-            sim = Simulation(run_.level, agents, seed, device, policy, run_.policy(device),
-                             f"{path.name} ({run_.step:,} agent-steps)")
+            opened = open_run(path)
+            sim = Simulation(opened.level, agents, seed, device, policy, opened.policy(device),
+                             f"{path.name} ({opened.step:,} agent-steps)")
             return Viewer(sim, f"checkpoint {path}", speed=speed)
         if not path.exists() and str(target) not in LEVEL_NAMES and path.suffix not in (".yaml", ".yml"):
             raise ServeError(f"{target}: no such run directory, checkpoint file or level; levels: "

@@ -8,6 +8,7 @@ itself, so a client that missed frames (a slow tab whose queue dropped some) dra
 from __future__ import annotations
 
 import base64
+import math
 from collections import Counter, deque
 from dataclasses import dataclass
 from typing import Any
@@ -162,8 +163,8 @@ class Simulation:
         ]
         progress = world.progress.tolist()
         ticks = [a.ticks for a in self.level.affordances]
-        for row, used, here in zip(rows, progress, (r["here"] for r in rows), strict=True):
-            row["progress"] = used / ticks[here] if here >= 0 and self.level.temporal else 0.0
+        for row, used in zip(rows, progress, strict=True):
+            row["progress"] = used / ticks[row["here"]] if row["here"] >= 0 and self.level.temporal else 0.0
         if info is not None and bool(done.any()):
             ended = done.nonzero().view(-1).tolist()
             final_obs = info["final_obs"][ended]
@@ -247,7 +248,7 @@ class Simulation:
             if acted is not None:
                 agent.update(action=ACTION_NAMES[acted.actions[i]], invalid=acted.invalid[i], mask=acted.mask[i])
             if values is not None and net_actions is not None:
-                agent["values"] = [round(v, 4) for v in values[i]]
+                agent["values"] = [round(v, 4) if math.isfinite(v) else None for v in values[i]]  # JSON has no NaN
                 agent["net_action"] = ACTION_NAMES[net_actions[i]]
             if memory is not None:
                 agent["memory"] = memory[i]

@@ -144,17 +144,17 @@ class Viewer:
         try:
             message = json.loads(text)
         except json.JSONDecodeError:
-            return _error(f"not JSON: {text[:80]!r}")
+            return command_error(f"not JSON: {text[:80]!r}")
         if not isinstance(message, dict) or message.get("cmd") not in COMMANDS:
             got = message.get("cmd") if isinstance(message, dict) else message
-            return _error(f"unknown command {got!r}; allowed: {', '.join(COMMANDS)}")
+            return command_error(f"unknown command {got!r}; allowed: {', '.join(COMMANDS)}")
         cmd, value = message["cmd"], message.get("value")
         if cmd == "speed":
             low, high = SPEED_RANGE
             if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
-                return _error(f"speed: {value!r}; a whole number of ticks per second from {low} to {high}")
+                return command_error(f"speed: {value!r}; a whole number of ticks per second from {low} to {high}")
         if cmd == "policy" and value not in self.simulation.policies:
-            return _error(f"policy: {value!r}; allowed: {', '.join(self.simulation.policies)}")
+            return command_error(f"policy: {value!r}; allowed: {', '.join(self.simulation.policies)}")
         self._commands.put({"cmd": cmd, "value": value})
         return None
 
@@ -178,10 +178,15 @@ class Viewer:
                 loop.call_soon_threadsafe(self._deliver, text)
 
     def _reload(self) -> bool:
-        loaded = self.watcher.poll() if self.watcher is not None else None
+        """Play a newer checkpoint if one appeared; whether the page should hear of it (a new network or a new
+        error)."""
+        if self.watcher is None:
+            return False
+        error = self.watcher.error
+        loaded = self.watcher.poll()
         if loaded is not None:
             self.simulation.set_network(*loaded)
-        return loaded is not None or (self.watcher is not None and self.watcher.error is not None)
+        return loaded is not None or self.watcher.error != error
 
     def _apply(self, command: dict[str, Any]) -> bool:
         """Carry out one command; whether it changed what a client should see now."""
@@ -239,5 +244,5 @@ class Viewer:
                 next_tick = time.monotonic()
 
 
-def _error(message: str) -> str:
+def command_error(message: str) -> str:
     return compact_json({"type": "error", "message": message})

@@ -273,20 +273,23 @@ function drawActions(hello, frame, agent) {
   const allowed = agent.mask || hello.actions.map(() => true);
   let low = 0, high = 1;
   if (values && kind === "q") {
-    const shown = values.filter((v, i) => allowed[i]);
-    low = Math.min(...shown);
-    high = Math.max(...shown);
-    if (high - low < 1e-9) low = high - 1;
+    const shown = values.filter((v, i) => allowed[i] && v !== null);
+    if (shown.length) {
+      low = Math.min(...shown);
+      high = Math.max(...shown);
+      if (high - low < 1e-9) low = high - 1;
+    }
   }
   hello.actions.forEach((name, i) => {
     const row = document.querySelector(`#actions .action[data-action="${name}"]`);
     const masked = !allowed[i];
     row.classList.toggle("masked", masked);
     row.classList.toggle("chosen", agent.action === name);
+    const value = values ? values[i] : null;  // null: none shown, or not a number
     let width = 0;
-    if (values) width = masked ? 100 : Math.max(0.02, (values[i] - low) / (high - low)) * 100;
+    if (value !== null) width = masked ? 100 : Math.max(0.02, (value - low) / (high - low)) * 100;
     row.querySelector(".bar").style.width = `${width}%`;
-    row.querySelector(".value").textContent = values ? (kind === "q" ? values[i].toFixed(2) : `${(values[i] * 100).toFixed(1)}%`) : "";
+    row.querySelector(".value").textContent = value === null ? "" : kind === "q" ? value.toFixed(2) : `${(value * 100).toFixed(1)}%`;
     const tags = [];
     if (masked) tags.push("masked");
     if (agent.action === name) tags.push(agent.invalid ? "taken: no-op" : "taken");
