@@ -176,6 +176,15 @@ def test_a_run_without_checkpoints_plays_random_until_the_first(run_dir: Path, t
         assert next_message(ws, lambda m: m["driver"] == "network")["network"].startswith(source.name)
 
 
+def test_a_checkpoint_file_is_played_as_it_is(run_dir: Path) -> None:
+    checkpoint = list_checkpoints(run_dir / CHECKPOINTS)[-1]
+    viewer = make_viewer(checkpoint, agents=1, policy="needs")
+    assert viewer.watcher is None and viewer.source == f"checkpoint {checkpoint}"
+    sim = viewer.simulation
+    assert sim.policies[0] == "network" and sim.driver == "needs"
+    assert sim.network_label == "ckpt_000000000064.pt (64 agent-steps)"
+
+
 @pytest.mark.parametrize(("query", "status", "message"), [
     ("?agent=7", 400, "agent=7: this view has 2 agent(s); choose a number from 0 to 1"),
     ("?agent=-1", 400, "choose a number from 0 to 1"),
