@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
 
@@ -83,6 +85,9 @@ def train(
     set_: Annotated[list[str] | None, typer.Option("--set", help="Override a field: key=value (dotted).")] = None,
     resume: Annotated[Path | None, typer.Option(help="Continue this run directory from its checkpoint.")] = None,
     quiet: Annotated[bool, typer.Option(help="Log lines instead of the live display.")] = False,
+    serve_: Annotated[bool, typer.Option("--serve", help="Watch it live in the browser meanwhile (townlet serve "
+                                         "in a child process).")] = False,
+    serve_port: Annotated[int, typer.Option(min=1, max=65535, help="The --serve page's port.")] = 8000,
 ) -> None:
     """Train an agent: many agents in one batched world feed one learner; Ctrl-C stops with a checkpoint."""
     from townlet.train import Trainer, load_run_config, open_run, parse_overrides
@@ -112,9 +117,26 @@ def train(
     count = int(scripted.sum()) if scripted is not None else 0
     guided = f" ({count} of them follow the scripted {config.guides.policy} policy)" if count else ""
     console.print(f"training {config.level} with {config.agents} agents{guided} -> {run_dir}")
-    _run_with_display(trainer, quiet)
+    with _live_view(trainer, serve_port) if serve_ else contextlib.nullcontext():
+        _run_with_display(trainer, quiet)
     console.print(f"checkpoint written; resume with: townlet train --resume {run_dir}")
     console.print(f"evaluate with: townlet eval {run_dir}    report: townlet report {run_dir}")
+
+
+@contextlib.contextmanager
+def _live_view(trainer, port: int) -> Iterator[None]:
+    from townlet.serve import ServeError, start_beside
+
+    try:
+        view = start_beside(trainer, port)
+    except ServeError as e:
+        raise _fail(str(e)) from None
+    console.print(f"live view: {view.url} (it plays the newest checkpoint; log: {view.run_dir / 'serve.log'})",
+                  highlight=False)
+    try:
+        yield
+    finally:
+        view.stop()
 
 
 def _run_with_display(trainer, quiet: bool) -> None:
@@ -274,6 +296,32 @@ def watch(
     console.print(f"{result.level}: {result.ticks} ticks, {end}, return {result.episode_return:.1f}", highlight=False)
     if result.record is not None:
         console.print(f"recorded {result.frames} frames: {result.record}", highlight=False)
+
+
+@app.command()
+def serve(
+    target: Annotated[str, typer.Argument(help="A run directory (its newest checkpoint, reloaded when a newer one "
+                                          "appears), a checkpoint file, or a level (name or YAML).")],
+    port: Annotated[int, typer.Option(min=0, max=65535)] = 8000,
+    host: Annotated[str, typer.Option(help="Address to listen on; 0.0.0.0 shows the page to other machines.")]
+    = "127.0.0.1",
+    agents: Annotated[int, typer.Option(min=1, help="Agents in the world, each followable on the page.")] = 4,
+    policy: Annotated[str | None, typer.Option(help="Who plays first: network (a run's default) or a scripted "
+                                               "policy (a level's default: needs); switchable on the page.")] = None,
+    speed: Annotated[int, typer.Option(min=1, max=60, help="Ticks per second at the start.")] = 10,
+    seed: Annotated[int, typer.Option(min=0, help="World seed (spawn cells, layouts).")] = 0,
+    device: str = "cpu",
+) -> None:
+    """Watch agents live in the browser: a local web page with the town, the meters, the network's action
+    values and memory, recent episodes, and controls (pause, step, speed, next episode, agent, policy)."""
+    from townlet.serve import ServeError
+    from townlet.serve import serve as run_server
+
+    try:
+        run_server(target, host, port, agents, policy, speed, seed, device,
+                   echo=lambda line: console.print(line, highlight=False))
+    except ServeError as e:
+        raise _fail(str(e)) from None
 
 
 def main() -> None:  # pragma: no cover - console entry point

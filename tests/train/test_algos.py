@@ -125,6 +125,30 @@ def test_greedy_policy_is_the_trained_network_acting_greedily(tmp_path, extra):
     assert policy.memory == bool(extra)
 
 
+@pytest.mark.parametrize("extra", [{}, RECURRENT])
+def test_greedy_policy_decide_shows_what_act_decides_on(extra):
+    """`decide` is `act` with the network's outputs and memory beside the actions, and moves memory as act does."""
+    level = "L2_partial_fixed" if extra else "L0_minimal"
+    config = load_run_config(level, {**TINY, **extra})
+    world = World(load_level(level), 3, seed=1)
+    net = build_network(config, world.obs_layout)
+    shown, acting = (GreedyPolicy(net, bool(extra), bool(extra)) for _ in range(2))
+    obs, mask, first = world.observe(), world.action_mask(), torch.ones(3, dtype=torch.bool)
+    for _ in range(3):
+        decision = shown.decide(obs, mask, first)
+        assert torch.equal(decision.actions, acting.act(obs, mask, first))
+        assert decision.values.shape == (3, 5) and shown.outputs == "q"
+        assert torch.equal(decision.actions, torch.where(mask, decision.values, -torch.inf).argmax(1))
+        if extra:
+            assert torch.equal(decision.memory, shown._actor.h[-1]) and decision.memory.shape == (3, 8)
+        else:
+            assert decision.memory is None
+            with torch.no_grad():
+                assert torch.equal(decision.values, net(obs))
+        obs, _, _, _, info = world.step(decision.actions)
+        mask, first = world.action_mask(), info["done"]
+
+
 def test_greedy_policy_plays_a_gymnasium_env_through_sb3_predict(tmp_path):
     """What an SB3 user does with a model: predict(obs, state, episode_start) in a loop over a vector env. The
     actions equal the policy's own tensor `act` with the same memory resets, and the masks are respected."""

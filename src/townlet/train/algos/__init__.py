@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from townlet.agents import ActorCritic, QNetwork, RecurrentQNetwork
-from townlet.train.algos.base import Algorithm, GreedyPolicy, Step, has_memory, normalised_entropy
+from townlet.train.algos.base import Algorithm, Decision, GreedyPolicy, Step, has_memory, normalised_entropy
 from townlet.train.algos.dqn import DQN
 from townlet.train.algos.ppo import PPO
 from townlet.train.algos.r2d2 import R2D2
@@ -53,6 +53,7 @@ def make_greedy_policy(
 __all__ = [
     "ALGORITHMS",
     "Algorithm",
+    "Decision",
     "GreedyPolicy",
     "Step",
     "build_network",

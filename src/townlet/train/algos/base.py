@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from townlet.agents import ActorCritic
 from townlet.learn import RecurrentActor, masked_greedy
 from townlet.world import NUM_ACTIONS
 
@@ -103,13 +104,23 @@ def has_memory(network_kind: str) -> bool:
     return network_kind == "lstm"
 
 
+@dataclass(frozen=True)
+class Decision:
+    """One greedy step with what led to it, for tools that show the network's view (`townlet serve`)."""
+
+    actions: Tensor  # [N] int64, as `GreedyPolicy.act` returns them
+    values: Tensor  # [N, A] the network's outputs: Q-values, or an actor-critic's policy logits (`outputs`)
+    memory: Tensor | None  # [N, H] the LSTM's hidden state after this step (last layer); None without memory
+
+
 class GreedyPolicy:
     """A trained network acting greedily over the valid actions. A recurrent network carries each agent's
     memory from step to step (a `RecurrentActor`) and starts it from zeros where `first` marks a new episode.
 
-    `act(obs, mask, first)` works on tensors for any number of agents; `predict` is Stable-Baselines3's
-    interface (NumPy in and out, `state` and `episode_start` for recurrent policies), so a townlet agent plays
-    in a Gymnasium env the way an SB3 model does.
+    `act(obs, mask, first)` works on tensors for any number of agents; `decide` is the same step with the
+    network's outputs and memory beside the actions. `predict` is Stable-Baselines3's interface (NumPy in and
+    out, `state` and `episode_start` for recurrent policies), so a townlet agent plays in a Gymnasium env the
+    way an SB3 model does.
     """
 
     def __init__(self, network: nn.Module, recurrent: bool, memory: bool, device: torch.device | str = "cpu") -> None:
@@ -119,16 +130,27 @@ class GreedyPolicy:
         self.device = torch.device(device)
         self._actor: RecurrentActor | None = None
 
-    @torch.no_grad()
+    @property
+    def outputs(self) -> str:
+        """What the network's outputs are: "q" (action values) or "logits" (an actor-critic's policy)."""
+        return "logits" if isinstance(self.network, ActorCritic) else "q"
+
     def act(self, obs: Tensor, mask: Tensor, first: Tensor | None = None) -> Tensor:
         """[N] int64 greedy valid actions; a recurrent network's memory restarts where `first` [N] is True."""
+        return self.decide(obs, mask, first).actions
+
+    @torch.no_grad()
+    def decide(self, obs: Tensor, mask: Tensor, first: Tensor | None = None) -> Decision:
+        """`act`'s step, returning the network's outputs [N, A] and (with memory) its hidden state too."""
         if not self.recurrent:
-            return masked_greedy(self.network(obs), mask)
+            values = self.network(obs)
+            return Decision(masked_greedy(values, mask), values, None)
         if self._actor is None or self._actor.num_agents != obs.shape[0]:
             self._actor = RecurrentActor(self.network, obs.shape[0], obs.device)
         if first is not None:
             self._actor.reset(first)
-        return self._actor.act(obs, mask, 0.0).actions
+        step = self._actor.act(obs, mask, 0.0)
+        return Decision(step.actions, step.q, self._actor.h[-1] if self.memory else None)
 
     def reset(self) -> None:
         """Forget every agent's memory."""

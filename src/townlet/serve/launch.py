@@ -1,0 +1,160 @@
+"""Starting a live view: what a target names (run directory, checkpoint file or level), the server in the
+foreground for `townlet serve`, and a server in a child process beside `townlet train --serve`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+from townlet.config_files import ConfigError
+from townlet.serve.app import ServeError, bind, run, url_of
+from townlet.serve.sim import NETWORK, Simulation, SimulationError
+from townlet.serve.viewer import CheckpointWatcher, Viewer
+from townlet.train.checkpoint import CheckpointError
+from townlet.train.rundir import open_run, write_run_files
+from townlet.world import LEVEL_NAMES, load_level
+
+if TYPE_CHECKING:
+    from townlet.train.runner import Trainer
+
+MAX_AGENTS = 64
+LOG_FILE = "serve.log"  # the child server's output, in the run directory
+
+
+def make_viewer(
+    target: str | Path, agents: int = 4, policy: str | None = None, seed: int = 0, device: str = "cpu",
+    speed: int = 10,
+) -> Viewer:
+    """A viewer for `target`: a run directory (its newest checkpoint, reloaded as newer ones appear; random
+    play until the first), a checkpoint file, or a level (name or YAML) played by a scripted policy."""
+    if not 1 <= agents <= MAX_AGENTS:
+        raise ServeError(f"--agents {agents}: choose 1 to {MAX_AGENTS}")
+    path = Path(target)
+    try:
+        if path.is_dir():
+            opened = open_run(path, load=False)
+            level = opened.level
+            sim = Simulation(level, agents, seed, device, policy, wants_network=True)
+            watcher = CheckpointWatcher(path, level, device)
+            return Viewer(sim, f"run {path}", watcher, speed=speed)
+        if path.is_file() and path.suffix == ".pt":
+            opened = open_run(path)
+            sim = Simulation(opened.level, agents, seed, device, policy, opened.policy(device),
+                             f"{path.name} ({opened.step:,} agent-steps)")
+            return Viewer(sim, f"checkpoint {path}", speed=speed)
+        if not path.exists() and str(target) not in LEVEL_NAMES and path.suffix not in (".yaml", ".yml"):
+            raise ServeError(f"{target}: no such run directory, checkpoint file or level; levels: "
+                             f"{', '.join(LEVEL_NAMES)} (or a level YAML)")
+        level = load_level(target)
+        if policy == NETWORK:
+            raise ServeError(f"--policy network: {target} is a level, with no trained network; give a run "
+                             "directory, or a scripted policy")
+        return Viewer(Simulation(level, agents, seed, device, policy), f"level {level.name}", speed=speed)
+    except (CheckpointError, ConfigError, SimulationError) as e:
+        raise ServeError(str(e)) from None
+
+
+def serve(
+    target: str | Path, host: str = "127.0.0.1", port: int = 8000, agents: int = 4, policy: str | None = None,
+    speed: int = 10, seed: int = 0, device: str = "cpu", echo: Callable[[str], None] = print,
+) -> None:
+    """`townlet serve`: bind, say where to look, and serve until Ctrl-C. The simulation is a few agents:
+    one torch thread steps it fastest."""
+    viewer = make_viewer(target, agents, policy, seed, device, speed)
+    sock = bind(host, port)
+    if torch.device(device).type == "cpu":
+        torch.set_num_threads(1)
+    echo(f"townlet serve: {viewer.source} ({viewer.simulation.level.name}, {agents} agent(s)) at {url_of(sock)}"
+         "   Ctrl-C stops")
+    run(viewer, sock)
+
+
+class ViewerProcess:
+    """`townlet serve RUN_DIR` in a child process beside a training run: its own interpreter with one torch
+    thread, at a lower CPU priority and a low default speed, so that watching costs training little. Its
+    output goes to RUN_DIR/serve.log."""
+
+    def __init__(self, run_dir: Path, host: str = "127.0.0.1", port: int = 8000, speed: int = 5,
+                 agents: int = 4) -> None:
+        self.run_dir = Path(run_dir)
+        self.host, self.port, self.speed, self.agents = host, port, speed, agents
+        self.url = ""
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout_s: float = 60.0) -> str:
+        """Start the child and wait until it answers; its URL. A child that fails says why (ServeError)."""
+        bind(self.host, self.port).close()  # a busy port or bad host: said now, not after the child has started
+        log_path = self.run_dir / LOG_FILE
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        command = [sys.executable, "-m", "townlet.serve", str(self.run_dir), "--host", self.host,
+                   "--port", str(self.port), "--speed", str(self.speed), "--agents", str(self.agents), "--nice", "10"]
+        with open(log_path, "wb") as log:
+            # a session of its own: Ctrl-C in the terminal stops training, which then stops the view
+            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                            start_new_session=True)
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        url = f"http://{host}:{self.port}/"
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                lines = log_path.read_text(errors="replace").strip().splitlines()
+                raise ServeError(f"the live view did not start: {lines[-1] if lines else 'no output'} "
+                                 f"(see {log_path})")
+            with (contextlib.suppress(urllib.error.URLError, ConnectionError, TimeoutError),
+                  urllib.request.urlopen(url, timeout=1) as response):
+                if response.status == 200:
+                    self.url = url
+                    return url
+            time.sleep(0.2)
+        self.stop()
+        raise ServeError(f"the live view did not answer at {url} within {timeout_s:.0f} s (see {log_path})")
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+def start_beside(trainer: Trainer, port: int = 8000, host: str = "127.0.0.1") -> ViewerProcess:
+    """A live view of `trainer`'s run in a child process, started (the run's files written first, so the
+    child can read its level before the first checkpoint)."""
+    write_run_files(trainer.run_dir, trainer.config, trainer.level)
+    viewer = ViewerProcess(trainer.run_dir, host, port)
+    viewer.start()
+    return viewer
+
+
+def serve_in_background(argv: list[str] | None = None) -> None:
+    """The child's entry point (`python -m townlet.serve`): `townlet serve`'s options plus `--nice`."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m townlet.serve", description=ViewerProcess.__doc__)
+    parser.add_argument("target")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--speed", type=int, default=5)
+    parser.add_argument("--agents", type=int, default=4)
+    parser.add_argument("--nice", type=int, default=10, help="added to the CPU niceness (lower priority)")
+    args = parser.parse_args(argv)
+    os.nice(args.nice)
+    try:
+        serve(args.target, args.host, args.port, args.agents, speed=args.speed, echo=lambda s: print(s, flush=True))
+    except ServeError as e:
+        print(f"error: {e}", flush=True)
+        raise SystemExit(2) from None
