@@ -21,6 +21,7 @@ from websockets.sync.client import connect
 from townlet.cli import app as cli
 from townlet.serve import LiveServer, Simulation, Viewer, create_app, make_viewer
 from townlet.serve.app import ServeError
+from townlet.serve.sim import SimulationError
 from townlet.train.checkpoint import load_checkpoint
 from townlet.train.rundir import CHECKPOINTS, list_checkpoints, save_checkpoint
 from townlet.world import load_level
@@ -116,6 +117,36 @@ def test_a_client_that_reads_nothing_never_holds_up_the_simulation() -> None:
 
     queued, dropped, ticks = asyncio.run(watch_without_reading())
     assert queued == 4 and dropped >= 10 and ticks >= 20
+
+
+def test_a_cpu_share_slows_fast_play_to_keep_within_it() -> None:
+    """Beside training the view may use only a share of a core: at 60 ticks/s it then plays slower, says so in
+    its frames, and its process's CPU time stays near the share (plus the asyncio side's small overhead)."""
+
+    async def play(cpu_share: float | None) -> tuple[int, bool, float]:
+        viewer = Viewer(Simulation(load_level("L0_minimal"), 2), "level", speed=60, cpu_share=cpu_share)
+        viewer.start(asyncio.get_running_loop())
+        try:
+            client = viewer.connect()
+            cpu, start = time.process_time(), viewer.simulation.tick
+            await asyncio.sleep(1.5)
+            while not client.frames.empty():
+                client.frames.get_nowait()
+            used = time.process_time() - cpu
+            return viewer.simulation.tick - start, json.loads(viewer.latest)["capped"], used
+        finally:
+            viewer.stop()
+
+    free_ticks, free_capped, _ = asyncio.run(play(None))
+    capped_ticks, capped, cpu_used = asyncio.run(play(0.002))
+    assert free_ticks >= 45 and not free_capped
+    assert capped and capped_ticks < free_ticks / 3
+    assert cpu_used < 0.1  # 1.5 s at 0.2% of a core, plus what the test's own loop spends
+
+
+def test_a_cpu_share_must_be_a_fraction_of_one_core() -> None:
+    with pytest.raises(SimulationError, match="fraction of one core"):
+        Viewer(Simulation(load_level("L0_minimal"), 1), "level", cpu_share=0)
 
 
 def test_the_simulation_idles_while_nobody_watches() -> None:

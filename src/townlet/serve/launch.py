@@ -29,12 +29,13 @@ if TYPE_CHECKING:
     from townlet.train.runner import Trainer
 
 MAX_AGENTS = 64
+SIDE_CPU_SHARE = 0.05  # of one core: a view beside training plays slower rather than take more from it
 LOG_FILE = "serve.log"  # the child server's output, in the run directory
 
 
 def make_viewer(
     target: str | Path, agents: int = 4, policy: str | None = None, seed: int = 0, device: str = "cpu",
-    speed: int = 10,
+    speed: int = 10, cpu_share: float | None = None,
 ) -> Viewer:
     """A viewer for `target`: a run directory (its newest checkpoint, reloaded as newer ones appear; random
     play until the first), a checkpoint file, or a level (name or YAML) played by a scripted policy."""
@@ -47,12 +48,12 @@ def make_viewer(
             level = opened.level
             sim = Simulation(level, agents, seed, device, policy, wants_network=True)
             watcher = CheckpointWatcher(path, level, device)
-            return Viewer(sim, f"run {path}", watcher, speed=speed)
+            return Viewer(sim, f"run {path}", watcher, speed=speed, cpu_share=cpu_share)
         if path.is_file() and path.suffix == ".pt":
             opened = open_run(path)
             sim = Simulation(opened.level, agents, seed, device, policy, opened.policy(device),
                              f"{path.name} ({opened.step:,} agent-steps)")
-            return Viewer(sim, f"checkpoint {path}", speed=speed)
+            return Viewer(sim, f"checkpoint {path}", speed=speed, cpu_share=cpu_share)
         if not path.exists() and str(target) not in LEVEL_NAMES and path.suffix not in (".yaml", ".yml"):
             raise ServeError(f"{target}: no such run directory, checkpoint file or level; levels: "
                              f"{', '.join(LEVEL_NAMES)} (or a level YAML)")
@@ -60,7 +61,8 @@ def make_viewer(
         if policy == NETWORK:
             raise ServeError(f"--policy network: {target} is a level, with no trained network; give a run "
                              "directory, or a scripted policy")
-        return Viewer(Simulation(level, agents, seed, device, policy), f"level {level.name}", speed=speed)
+        return Viewer(Simulation(level, agents, seed, device, policy), f"level {level.name}", speed=speed,
+                      cpu_share=cpu_share)
     except (CheckpointError, ConfigError, SimulationError) as e:
         raise ServeError(str(e)) from None
 
@@ -68,10 +70,11 @@ def make_viewer(
 def serve(
     target: str | Path, host: str = "127.0.0.1", port: int = 8000, agents: int = 4, policy: str | None = None,
     speed: int = 10, seed: int = 0, device: str = "cpu", echo: Callable[[str], None] = print,
+    cpu_share: float | None = None,
 ) -> None:
     """`townlet serve`: bind, say where to look, and serve until Ctrl-C. The simulation is a few agents:
     one torch thread steps it fastest."""
-    viewer = make_viewer(target, agents, policy, seed, device, speed)
+    viewer = make_viewer(target, agents, policy, seed, device, speed, cpu_share)
     sock = bind(host, port)
     if torch.device(device).type == "cpu":
         torch.set_num_threads(1)
@@ -82,13 +85,14 @@ def serve(
 
 class ViewerProcess:
     """`townlet serve RUN_DIR` in a child process beside a training run: its own interpreter with one torch
-    thread, at a lower CPU priority and a low default speed, so that watching costs training little. Its
-    output goes to RUN_DIR/serve.log."""
+    thread, at a lower CPU priority, a low default speed and at most `cpu_share` of one core, so that watching
+    costs training little. Its output goes to RUN_DIR/serve.log."""
 
     def __init__(self, run_dir: Path, host: str = "127.0.0.1", port: int = 8000, speed: int = 5,
-                 agents: int = 4) -> None:
+                 agents: int = 4, cpu_share: float = SIDE_CPU_SHARE) -> None:
         self.run_dir = Path(run_dir)
         self.host, self.port, self.speed, self.agents = host, port, speed, agents
+        self.cpu_share = cpu_share
         self.url = ""
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -98,7 +102,8 @@ class ViewerProcess:
         log_path = self.run_dir / LOG_FILE
         self.run_dir.mkdir(parents=True, exist_ok=True)
         command = [sys.executable, "-m", "townlet.serve", str(self.run_dir), "--host", self.host,
-                   "--port", str(self.port), "--speed", str(self.speed), "--agents", str(self.agents), "--nice", "10"]
+                   "--port", str(self.port), "--speed", str(self.speed), "--agents", str(self.agents), "--nice", "10",
+                   "--cpu-share", str(self.cpu_share)]
         with open(log_path, "wb") as log:
             # a session of its own: Ctrl-C in the terminal stops training, which then stops the view
             self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -151,10 +156,13 @@ def serve_in_background(argv: list[str] | None = None) -> None:
     parser.add_argument("--speed", type=int, default=5)
     parser.add_argument("--agents", type=int, default=4)
     parser.add_argument("--nice", type=int, default=10, help="added to the CPU niceness (lower priority)")
+    parser.add_argument("--cpu-share", type=float, default=SIDE_CPU_SHARE,
+                        help="the most of one core the view may use; fast speeds play slower to keep to it")
     args = parser.parse_args(argv)
     os.nice(args.nice)
     try:
-        serve(args.target, args.host, args.port, args.agents, speed=args.speed, echo=lambda s: print(s, flush=True))
+        serve(args.target, args.host, args.port, args.agents, speed=args.speed, echo=lambda s: print(s, flush=True),
+              cpu_share=args.cpu_share)
     except ServeError as e:
         print(f"error: {e}", flush=True)
         raise SystemExit(2) from None

@@ -94,9 +94,12 @@ class Viewer:
         speed: int = 10,
         queue_size: int = 4,
         reload_every_s: float = 2.0,
+        cpu_share: float | None = None,
     ) -> None:
         if not SPEED_RANGE[0] <= speed <= SPEED_RANGE[1]:
             raise SimulationError(f"speed: {speed} ticks/s; allowed {SPEED_RANGE[0]} to {SPEED_RANGE[1]}")
+        if cpu_share is not None and not 0 < cpu_share <= 1:
+            raise SimulationError(f"cpu share: {cpu_share}; a fraction of one core, above 0 and at most 1")
         self.simulation = simulation
         self.source = source
         self.watcher = watcher
@@ -104,6 +107,8 @@ class Viewer:
         self.paused = False
         self.queue_size = queue_size
         self.reload_every_s = reload_every_s
+        self.cpu_share = cpu_share  # beside training: the most of one core this process may use, so fast speeds slow
+        self.capped = False  # whether the last tick came later than the speed asked, to keep to cpu_share
         self.hello_text = compact_json(simulation.hello(source))
         self.latest = ""  # the newest frame, sent first to a client that connects
         self.clients: set[Client] = set()
@@ -169,7 +174,7 @@ class Viewer:
     # ------------------------------------------------------------------ the simulation thread
     def _publish(self) -> None:
         frame = self.simulation.frame()
-        frame.update(paused=self.paused, speed=self.speed,
+        frame.update(paused=self.paused, speed=self.speed, capped=self.capped,
                      notice=self.watcher.error if self.watcher is not None else None)
         self.latest = text = compact_json(frame)
         loop = self._loop
@@ -208,9 +213,19 @@ class Viewer:
             return False
         return True
 
+    def _cpu_paced(self, next_tick: float, now: float, cpu_before: float) -> float:
+        """`next_tick`, put off so that the CPU this process spent since the last tick (stepping, encoding,
+        sending) stays within `cpu_share` of the wall time between ticks."""
+        if self.cpu_share is None:
+            return next_tick
+        earliest = now + (time.process_time() - cpu_before) / self.cpu_share
+        self.capped = earliest > next_tick
+        return max(next_tick, earliest)
+
     def _run(self) -> None:
         next_tick = time.monotonic()
         next_poll = next_tick + self.reload_every_s
+        cpu_mark = time.process_time()
         while not self._stopping:
             now = time.monotonic()
             changed = False
@@ -224,6 +239,8 @@ class Viewer:
                 next_tick += 1.0 / self.speed
                 if next_tick <= now:  # behind (a slow tick, or idle until now): go on from here, no burst
                     next_tick = now + 1.0 / self.speed
+                next_tick = self._cpu_paced(next_tick, now, cpu_mark)
+                cpu_mark = time.process_time()
             if changed:
                 self._publish()
             wait = min(next_poll, next_tick if playing else next_poll) - time.monotonic()

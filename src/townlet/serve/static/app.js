@@ -185,6 +185,7 @@ function render(frame) {
     $("speed").value = frame.speed;
     $("speed-value").textContent = frame.speed;
   }
+  $("speed-capped").hidden = !frame.capped;
   $("policy").value = frame.policy;
   $("driver").textContent = frame.driver === frame.policy ? frame.driver : `${frame.driver} (no checkpoint yet)`;
   $("network").textContent = frame.network || (hello.policies.includes("network") ? "waiting for the first checkpoint" : "none (a level)");
