@@ -301,7 +301,8 @@ def watch(
 @app.command()
 def serve(
     target: Annotated[str, typer.Argument(help="A run directory (its newest checkpoint, reloaded when a newer one "
-                                          "appears), a checkpoint file, or a level (name or YAML).")],
+                                          "appears), a directory of runs (a page lists them; each opens on a "
+                                          "click), a checkpoint file, or a level (name or YAML).")],
     port: Annotated[int, typer.Option(min=0, max=65535)] = 8000,
     host: Annotated[str, typer.Option(help="Address to listen on; 0.0.0.0 shows the page to other machines.")]
     = "127.0.0.1",

@@ -4,6 +4,7 @@ machine may lack; the summary then names the skipped tests and the command that 
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -45,3 +46,16 @@ def one_torch_thread() -> Iterator[None]:
 def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny L0_minimal run with one checkpoint (an MLP that has not learnt anything yet)."""
     return runs.make_run(tmp_path_factory.mktemp("serve") / "run", steps=64)
+
+
+@pytest.fixture
+def runs_root(run_dir: Path, tmp_path: Path) -> Path:
+    """A directory of runs: alpha, beta and gamma (copies of the tiny run, one checkpoint each) and fresh (its
+    config and level, no checkpoint yet)."""
+    root = tmp_path / "runs"
+    for name in ("alpha", "beta", "gamma"):
+        shutil.copytree(run_dir, root / name)
+    (root / "fresh").mkdir()
+    for name in ("config.yaml", "level.yaml"):
+        shutil.copy(run_dir / name, root / "fresh" / name)
+    return root

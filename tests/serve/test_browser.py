@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.serve.conftest import ARTIFACTS, CHROMIUM
-from townlet.serve import LiveServer, Simulation, Viewer, make_viewer
+from townlet.serve import LiveServer, Simulation, Viewer, make_viewer, serve_runs
 from townlet.train import load_run_config
 from townlet.train.algos import build_network, make_greedy_policy
 from townlet.world import METER_NAMES, ObsLayout, load_level
@@ -164,3 +164,28 @@ def test_a_screenshot_of_a_recurrent_agent_on_a_partial_view(browser) -> None:
         tab.screenshot(path=str(path), full_page=True)
         tab.close()
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 20_000
+
+
+def test_the_runs_index_opens_a_runs_live_view_and_an_unknown_run_shows_the_error_page(browser,
+                                                                                        runs_root: Path) -> None:
+    runs = serve_runs(runs_root, agents=2, speed=30)
+    with LiveServer(runs) as server:
+        tab = browser.new_page(viewport={"width": 1280, "height": 860})
+        errors: list[str] = []
+        tab.on("pageerror", lambda error: errors.append(str(error)))
+        tab.goto(server.url)
+        assert tab.locator("#runs tr.run").count() == 4 and not runs.viewers
+        tab.click('#runs a[href="/run/beta"]')
+        tab.wait_for_url(server.url + "run/beta", timeout=WAIT_MS)
+        tab.wait_for_function("document.getElementById('connection').dataset.state === 'live'", timeout=WAIT_MS)
+        tab.wait_for_function("Number(document.getElementById('tick').textContent) > 3", timeout=WAIT_MS)
+        assert tab.inner_text("#level") == "L0_minimal" and tab.inner_text("#network").startswith("ckpt_000000000064")
+        assert set(runs.viewers) == {"beta"} and len(runs.viewers["beta"].clients) == 1
+        tab.click("#all-runs")
+        tab.wait_for_url(server.url, timeout=WAIT_MS)
+        tab.goto(server.url + "run/nope")
+        assert tab.inner_text("h1") == "404 · unknown run"
+        assert "nope: no run of that name" in tab.inner_text("#error-message")
+        assert tab.locator("#known-runs a").count() == 4
+        tab.close()
+    assert not errors, errors

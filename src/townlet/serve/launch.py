@@ -1,5 +1,5 @@
-"""Starting a live view: what a target names (run directory, checkpoint file or level), the server in the
-foreground for `townlet serve`, and a server in a child process beside `townlet train --serve`.
+"""Starting a live view: what a target names (run directory, directory of runs, checkpoint file or level), the
+server in the foreground for `townlet serve`, and a server in a child process beside `townlet train --serve`.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -19,11 +20,12 @@ import torch
 
 from townlet.config_files import ConfigError
 from townlet.serve.app import ServeError, bind, run, url_of
+from townlet.serve.runs import RunsRoot, RunUnavailable, RunViewers, is_run_dir, is_runs_root
 from townlet.serve.sim import NETWORK, Simulation, SimulationError
-from townlet.serve.viewer import CheckpointWatcher, Viewer
+from townlet.serve.viewer import SPEED_RANGE, CheckpointWatcher, Viewer
 from townlet.train.checkpoint import CheckpointError
-from townlet.train.rundir import open_run, write_run_files
-from townlet.world import LEVEL_NAMES, load_level
+from townlet.train.rundir import CHECKPOINTS, CONFIG_FILE, open_run, write_run_files
+from townlet.world import LEVEL_NAMES, SCRIPTED_POLICIES, load_level
 
 if TYPE_CHECKING:
     from townlet.train.runner import Trainer
@@ -38,12 +40,16 @@ def make_viewer(
     speed: int = 10, cpu_share: float | None = None,
 ) -> Viewer:
     """A viewer for `target`: a run directory (its newest checkpoint, reloaded as newer ones appear; random
-    play until the first), a checkpoint file, or a level (name or YAML) played by a scripted policy."""
+    play until the first), a checkpoint file, or a level (name or YAML) played by a scripted policy. (A
+    directory of runs is `serve_runs`'.)"""
     if not 1 <= agents <= MAX_AGENTS:
         raise ServeError(f"--agents {agents}: choose 1 to {MAX_AGENTS}")
     path = Path(target)
     try:
         if path.is_dir():
+            if not is_run_dir(path):
+                raise ServeError(f"{target}: neither a run directory (no {CONFIG_FILE} or {CHECKPOINTS}/) nor a "
+                                 "directory of runs (no subdirectory is a run directory)")
             opened = open_run(path, load=False)
             level = opened.level
             sim = Simulation(level, agents, seed, device, policy, wants_network=True)
@@ -67,20 +73,76 @@ def make_viewer(
         raise ServeError(str(e)) from None
 
 
+def make_run_viewer(
+    run_dir: Path, agents: int = 4, policy: str | None = None, seed: int = 0, device: str = "cpu", speed: int = 10,
+) -> Viewer:
+    """A viewer of one run of a runs root, its network loaded: the newest readable checkpoint (an older one
+    where the newest is damaged, which the page then names). A run with none is refused (RunUnavailable)
+    rather than played at random: among many runs, a page of random play would pass for a trained agent."""
+    name = Path(run_dir).name
+    viewer = make_viewer(run_dir, agents, policy, seed, device, speed)
+    watcher = viewer.watcher
+    assert watcher is not None
+    loaded = watcher.poll()
+    if loaded is None:
+        try:
+            opened = open_run(run_dir)  # tries every checkpoint, the newest first
+        except CheckpointError as e:
+            raise RunUnavailable(404, "no loadable checkpoint", f"run {name}: no checkpoint of it can be read ({e}); "
+                                 f"resume it from an earlier one or train it again") from None
+        if opened.checkpoint is None or opened.step is None:
+            raise RunUnavailable(
+                404, "no checkpoint yet",
+                f"run {name} has no checkpoint yet ({CHECKPOINTS}/ckpt_*.pt), so there is no trained agent to "
+                "show. A run writes one every logging.checkpoint_every agent-steps and when it ends (Ctrl-C "
+                f"included): train it with townlet train LEVEL --out {run_dir}, or wait for its first "
+                "checkpoint, then reload this page")
+        try:
+            loaded = opened.policy(device, watcher.level), f"{opened.checkpoint.name} ({opened.step:,} agent-steps)"
+        except CheckpointError as e:
+            raise RunUnavailable(404, "no loadable checkpoint", f"run {name}: {e}") from None
+    viewer.simulation.set_network(*loaded)
+    return viewer
+
+
 def serve(
     target: str | Path, host: str = "127.0.0.1", port: int = 8000, agents: int = 4, policy: str | None = None,
     speed: int = 10, seed: int = 0, device: str = "cpu", echo: Callable[[str], None] = print,
-    cpu_share: float | None = None,
+    limit: int | None = None, cpu_share: float | None = None,
 ) -> None:
     """`townlet serve`: bind, say where to look, and serve until Ctrl-C. The simulation is a few agents:
-    one torch thread steps it fastest."""
-    viewer = make_viewer(target, agents, policy, seed, device, speed, cpu_share)
+    one torch thread steps it fastest. A directory of runs is served as an index of its runs, each shown on
+    its first visit (at most `limit` at once)."""
+    served: Viewer | RunViewers
+    if is_runs_root(Path(target)):
+        served = runs = serve_runs(target, agents, policy, seed, device, speed, limit)
+        about = f"the runs in {target} ({len(runs.root.scan())} now; at most {runs.limit} played at once)"
+    else:
+        served = viewer = make_viewer(target, agents, policy, seed, device, speed, cpu_share)
+        about = f"{viewer.source} ({viewer.simulation.level.name}, {agents} agent(s))"
     sock = bind(host, port)
     if torch.device(device).type == "cpu":
         torch.set_num_threads(1)
-    echo(f"townlet serve: {viewer.source} ({viewer.simulation.level.name}, {agents} agent(s)) at {url_of(sock)}"
-         "   Ctrl-C stops")
-    run(viewer, sock)
+    echo(f"townlet serve: {about} at {url_of(sock)}   Ctrl-C stops")
+    run(served, sock)
+
+
+def serve_runs(
+    root: str | Path, agents: int = 4, policy: str | None = None, seed: int = 0, device: str = "cpu",
+    speed: int = 10, limit: int | None = None,
+) -> RunViewers:
+    """The runs of a runs root, each made into a viewer on its first visit (options checked now, not then)."""
+    if not 1 <= agents <= MAX_AGENTS:
+        raise ServeError(f"--agents {agents}: choose 1 to {MAX_AGENTS}")
+    if not SPEED_RANGE[0] <= speed <= SPEED_RANGE[1]:
+        raise ServeError(f"--speed {speed}: choose {SPEED_RANGE[0]} to {SPEED_RANGE[1]} ticks/s")
+    if policy is not None and policy not in (NETWORK, *SCRIPTED_POLICIES):
+        raise ServeError(f"--policy {policy}: allowed: {', '.join((NETWORK, *SCRIPTED_POLICIES))}")
+    make = partial(make_run_viewer, agents=agents, policy=policy, seed=seed, device=device, speed=speed)
+    try:
+        return RunViewers(RunsRoot(root), make, agents, **({"limit": limit} if limit is not None else {}))
+    except ValueError as e:
+        raise ServeError(str(e)) from None
 
 
 class ViewerProcess:

@@ -2,7 +2,8 @@
 commands, reloads the network when its run writes a newer checkpoint, and fans each frame out to every client.
 
 Every client has its own small queue that drops its oldest frame when full, and the thread never waits on a
-client: a slow or closed browser tab costs the others nothing. The thread idles while nobody watches.
+client: a slow or closed browser tab costs the others nothing. The thread idles while nobody watches, and
+`last_watched` says since when, so that a server showing many runs can stop the ones nobody has watched lately.
 """
 
 from __future__ import annotations
@@ -112,6 +113,7 @@ class Viewer:
         self.hello_text = compact_json(simulation.hello(source))
         self.latest = ""  # the newest frame, sent first to a client that connects
         self.clients: set[Client] = set()
+        self.last_watched = time.monotonic()  # when a client last came or left (a viewer never watched: its making)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._commands: queue.SimpleQueue[dict[str, Any] | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
@@ -127,22 +129,31 @@ class Viewer:
         self._thread = threading.Thread(target=self._run, name="townlet-serve-simulation", daemon=True)
         self._thread.start()
 
-    def stop(self) -> None:
+    def stop(self, wait: bool = True) -> None:
+        """End the simulation thread; `wait=False` only tells it to (it ends after the tick it may be playing), so
+        that the loop is never held up by a viewer it retires."""
         self._stopping = True
         self._commands.put(None)
-        if self._thread is not None:
+        if wait and self._thread is not None:
             self._thread.join(timeout=10)
+
+    @property
+    def running(self) -> bool:
+        """Whether the simulation thread is alive (started and not yet ended)."""
+        return self._thread is not None and self._thread.is_alive()
 
     def connect(self) -> Client:
         client = Client(asyncio.Queue(maxsize=self.queue_size))
         if self.latest:
             client.frames.put_nowait(self.latest)
         self.clients.add(client)
+        self.last_watched = time.monotonic()
         self._commands.put({"cmd": "wake"})  # a paced thread idling for want of clients starts again
         return client
 
     def disconnect(self, client: Client) -> None:
         self.clients.discard(client)
+        self.last_watched = time.monotonic()
 
     def command(self, text: str) -> str | None:
         """Check a client's command and queue it for the simulation; an error message (JSON) if it is bad."""

@@ -1,4 +1,5 @@
-// townlet live view: draws the frames the server streams over /ws and sends the controls back.
+// townlet live view: draws the frames the server streams over its websocket (/ws, or /run/<name>/ws for a run of
+// a runs root: the page's own path + /ws) and sends the controls back.
 // The protocol is in docs/serve.md: a "hello" with the level once, then one self-contained "frame" per tick.
 "use strict";
 
@@ -35,7 +36,7 @@ function send(cmd, value) {
 
 function connect() {
   const scheme = location.protocol === "https:" ? "wss" : "ws";
-  const socket = new WebSocket(`${scheme}://${location.host}/ws`);
+  const socket = new WebSocket(`${scheme}://${location.host}${location.pathname.replace(/\/+$/, "")}/ws`);
   state.socket = socket;
   socket.onopen = () => setConnection("live", "live");
   socket.onmessage = (event) => {
@@ -411,4 +412,5 @@ document.addEventListener("keydown", (event) => {
   else if (event.key === "n") send("next_episode");
 });
 
+$("all-runs").hidden = !location.pathname.startsWith("/run/");  // a run of a runs root: back to the list
 connect();
