@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from townlet.train import Trainer, load_run_config, open_run
-from townlet.train.checkpoint import FORMAT, CheckpointError, load_checkpoint
+from townlet.train.checkpoint import FORMAT, READABLE_FORMATS, CheckpointError, load_checkpoint
 from townlet.train.rundir import checkpoint_path, checkpoint_step, list_checkpoints
 from townlet.world import ConfigError, load_level
 
@@ -26,10 +26,10 @@ def test_a_checkpoint_is_named_components_and_a_format_version(run_dir):
     assert state["format"] == FORMAT
     assert set(state) == {"format", "config", "level", "trainer", "algorithm", "world", "curriculum", "logbook"}
     replay = state["algorithm"]["replay"]
-    assert set(replay) == {"total", "buffers"} and "actions" in replay["buffers"]  # buffers saved by name
+    assert set(replay) == {"total", "buffers", "encoding", "shapes"} and "actions" in replay["buffers"]  # by name
 
 
-@pytest.mark.parametrize("written", [FORMAT - 1, FORMAT + 1])
+@pytest.mark.parametrize("written", [min(READABLE_FORMATS) - 1, FORMAT + 1])
 def test_a_checkpoint_of_another_format_names_the_file_and_both_versions(run_dir, tmp_path, written):
     state = load_checkpoint(list_checkpoints(run_dir / "checkpoints")[-1])
     path = checkpoint_path(tmp_path / "checkpoints", 200)
@@ -37,7 +37,7 @@ def test_a_checkpoint_of_another_format_names_the_file_and_both_versions(run_dir
     torch.save({**state, "format": written}, path)
     age = "an older" if written < FORMAT else "a newer"
     with pytest.raises(CheckpointError, match=rf"ckpt_000000000200\.pt: checkpoint format {written} was written by "
-                                              rf"{age} townlet; this one reads format {FORMAT} only"):
+                                              rf"{age} townlet; this one reads formats 2 and 3"):
         open_run(path)
 
 
