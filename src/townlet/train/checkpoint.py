@@ -156,7 +156,7 @@ def save_state(path: Path, state: dict[str, Any]) -> None:
     atomic_write(path, write)
 
 
-_GLOBAL = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")
+_GLOBAL = re.compile(r"(?:Unsupported global: GLOBAL|unsupported GLOBAL) ([\w.]+)")  # torch's two wordings
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
