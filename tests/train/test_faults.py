@@ -26,7 +26,7 @@ from townlet.train import checkpoint as checkpoint_mod
 from townlet.train import report as report_mod
 from townlet.train.checkpoint import FORMAT, RunWriteError, SkippedCheckpointWarning, load_checkpoint, save_state
 from townlet.train.evaluate import evaluate
-from townlet.train.metrics import read_metrics
+from townlet.train.metrics import MetricsDB, read_metrics
 from townlet.train.rundir import CHECKPOINTS, checkpoint_path, checkpoint_step, list_checkpoints
 
 FAULT = {"agents": 16, "compile_world": False, "seed": 3,
@@ -197,6 +197,26 @@ def test_kill_9_during_a_checkpoint_write_leaves_no_stale_temp_file(reference: R
         open_run(runs[seed])  # no process trains the run: its interrupted write is cleared
         assert not stale[0].exists()
         assert_recovers(runs[seed], reference)
+
+
+def test_metrics_a_kill_left_in_the_middle_of_a_write_read_as_last_committed(tmp_path):
+    """A process killed inside a metrics transaction leaves a hot journal, which a read-only reader may not
+    roll back (SQLite: 'attempt to write a readonly database'); `read_metrics` (report, curves) rolls it back
+    and reads the committed rows."""
+    (tmp_path / "live").mkdir()
+    db = MetricsDB(tmp_path / "live" / "metrics.sqlite")
+    db.add_episodes([(step, 0, step, 10, 1.0, "energy", 0) for step in range(2000)])
+    db.commit()
+    db.conn.execute("PRAGMA cache_size = 1")  # the transaction below spills into the file, as a big one does
+    db.add_episodes([(step, 1, step, 10, 1.0, "energy", 0) for step in range(20000)])
+    db.conn.execute("DELETE FROM episodes WHERE agent = 0")
+    (tmp_path / "killed").mkdir()
+    for name in ("metrics.sqlite", "metrics.sqlite-journal"):  # the files as the killed process left them
+        shutil.copy(tmp_path / "live" / name, tmp_path / "killed" / name)
+    db.close()
+    episodes, _ = read_metrics(tmp_path / "killed")
+    assert [(e["agent"], e["step"]) for e in episodes] == [(0, step) for step in range(2000)]
+    assert integrity(tmp_path / "killed") == "ok"
 
 
 # ---------------------------------------------------------------------- a full disk

@@ -125,11 +125,26 @@ class MetricsDB:
 
 
 def read_metrics(run_dir: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """(episodes, learner rows) of a run directory."""
+    """(episodes, learner rows) of a run directory. A run killed in the middle of a metrics write leaves a
+    journal that only a writer may roll back; then the file is opened for writing once, which rolls the
+    unfinished write back as the resumed run would (it held only rows after the last checkpoint)."""
     path = Path(run_dir) / "metrics.sqlite"
     if not path.exists():
         raise FileNotFoundError(f"{path}: no metrics; is {run_dir} a townlet run directory?")
-    db = MetricsDB(path, read_only=True)
+    try:
+        return _read(MetricsDB(path, read_only=True))
+    except sqlite3.OperationalError as e:
+        if getattr(e, "sqlite_errorname", "") != "SQLITE_READONLY_ROLLBACK":
+            raise
+    try:
+        return _read(MetricsDB(path))
+    except RunWriteError as e:
+        raise RunWriteError(f"{path}: a write interrupted by a crash must be rolled back before its rows can be "
+                            f"read, and that failed: {e}; open the run where it can be written (townlet train "
+                            "--resume does it)", e.errno) from None
+
+
+def _read(db: MetricsDB) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     try:
         return db.episodes(), db.learner()
     finally:
