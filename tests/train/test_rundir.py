@@ -267,3 +267,21 @@ def test_stale_temp_files_are_removed_unless_a_process_is_training(run_dir, tmp_
     stale.write_bytes(b"\0")
     Trainer.resume(run, {"steps": 300}).run()  # training starts by clearing them too
     assert not stale.exists()
+
+
+def test_a_run_that_another_process_is_training_is_not_trained_twice(run_dir, tmp_path):
+    from townlet.train.checkpoint import RunDirError
+    from townlet.train.rundir import RunLock
+
+    run = shutil.copytree(run_dir, tmp_path / "run")
+    training = RunLock(run)
+    assert training.acquire()
+    try:
+        second = Trainer.resume(run, {"steps": 300})
+        second.lock_wait_s = 0.1
+        with pytest.raises(RunDirError, match="another process is training this run right now"):
+            second.run()
+        assert open_run(run).step == 200  # nothing written
+    finally:
+        training.release()
+    assert Trainer.resume(run, {"steps": 300}).run().name == "ckpt_000000000300.pt"

@@ -175,7 +175,9 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     except OSError as e:
         raise CheckpointError(f"{path}: cannot read it: {describe_os_error(e)}") from None
     except Exception as e:  # torch raises several types for truncated or foreign files
-        raise CheckpointError(f"{path}: not a readable townlet checkpoint ({type(e).__name__}: {e})") from None
+        detail = str(e).split(". ")[0].strip()  # torch goes on with advice about saving; the first sentence says it
+        raise CheckpointError(f"{path}: not a readable townlet checkpoint, damaged or truncated ({type(e).__name__}: "
+                              f"{detail})") from None
     if not isinstance(state, dict) or "format" not in state:
         raise CheckpointError(f"{path}: not a townlet checkpoint (no 'format' entry)")
     written = state["format"]

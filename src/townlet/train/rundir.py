@@ -82,9 +82,8 @@ def list_checkpoints(directory: Path) -> list[Path]:
 def save_checkpoint(directory: Path, step: int, state: dict[str, Any], keep: int) -> Path:
     """Write `state` as the checkpoint for `step` and keep it and the `keep - 1` newest older ones.
 
-    Pruning deletes only checkpoints older than the one just written, which has just loaded nowhere but is
-    whole (atomic): a file with a higher step (left by a run that was resumed from an earlier checkpoint) is
-    never what pruning keeps instead of it.
+    Pruning deletes only checkpoints older than the one just written (whole: it was written atomically), so a
+    file with a higher step, such as an unreadable one that a resumed run skipped, is never kept in its place.
     """
     path = checkpoint_path(directory, step)
     save_state(path, state)

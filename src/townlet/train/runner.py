@@ -96,10 +96,10 @@ class Trainer:
         self._stop = False
         self._started: float | None = None
         self._start_steps = 0
-        self.resumed = False
         self.last_checkpoint: Path | None = None  # the newest checkpoint this trainer wrote or started from
         self.unreadable_checkpoints: list[Path] = []  # newer files a resume skipped: set aside when it runs
         self._lock = RunLock(self.run_dir)
+        self.lock_wait_s = 5.0  # how long run() waits for the run's lock: a reader holds it for a moment
         if new_run:
             prepare_run_dir(self.run_dir, overwrite)
 
@@ -130,7 +130,6 @@ class Trainer:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         loop = state["trainer"]
         self.env_steps = self.resumed_at = int(loop["env_steps"])
-        self.resumed = True
         self.elapsed_before = float(loop["elapsed_s"])
         self.next_log, self.next_checkpoint = int(loop["next_log"]), int(loop["next_checkpoint"])
         self.entropy_sum = loop["entropy_sum"].to(self.device)
@@ -227,7 +226,7 @@ class Trainer:
         whose budget is already spent trains nothing and writes nothing: it returns the checkpoint it holds."""
         if self._done() and self.last_checkpoint is not None:
             return self.last_checkpoint
-        if not self._lock.acquire(wait_s=5.0):
+        if not self._lock.acquire(wait_s=self.lock_wait_s):
             raise RunDirError(f"{self.run_dir}: another process is training this run right now (it holds the run "
                               "directory's lock); wait for it to finish, or stop it, before training it here")
         try:
