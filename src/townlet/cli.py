@@ -6,6 +6,7 @@ import contextlib
 import json
 import sys
 import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
@@ -14,7 +15,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from townlet.train.checkpoint import CheckpointError
+from townlet.train.checkpoint import CheckpointError, SkippedCheckpointWarning
 from townlet.world import LEVEL_NAMES, ConfigError, load_level, scripted_stats
 
 app = typer.Typer(help="townlet: a batched survival world for deep RL.", no_args_is_help=True)
@@ -64,6 +65,9 @@ def policies(
     console.print(table)
 
 
+DEMO_DIR = Path("runs/demo")
+
+
 def _fail(message: str) -> typer.Exit:
     console.print(f"[red]error:[/red] {message}")
     return typer.Exit(2)
@@ -77,13 +81,17 @@ def _fmt(value: float | None, spec: str = ".1f") -> str:
 def train(
     target: Annotated[str, typer.Argument(help="A level name (its default run config) or a run YAML.")] = "L1_full",
     agents: Annotated[int | None, typer.Option(min=1, help="Agents stepped in parallel.")] = None,
-    steps: Annotated[int | None, typer.Option(min=1, help="Agent-steps to train for.")] = None,
-    minutes: Annotated[float | None, typer.Option(min=0.01, help="Wall-clock budget (instead of --steps).")] = None,
+    steps: Annotated[int | None, typer.Option(min=1, help="Agent-steps to train for, in total: a resumed run counts "
+                                              "the steps it already trained.")] = None,
+    minutes: Annotated[float | None, typer.Option(min=0.01, help="Wall-clock budget (instead of --steps), in total: "
+                                                  "a resumed run counts the minutes it already trained.")] = None,
     seed: Annotated[int | None, typer.Option(min=0)] = None,
     device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1, ...")] = None,
-    out: Annotated[Path | None, typer.Option(help="Run directory (default runs/<level>-<time>).")] = None,
+    out: Annotated[Path | None, typer.Option(help="Run directory, new or empty (default runs/<level>-<time>).")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Delete the run already in --out and start afresh.")] = False,
     set_: Annotated[list[str] | None, typer.Option("--set", help="Override a field: key=value (dotted).")] = None,
-    resume: Annotated[Path | None, typer.Option(help="Continue this run directory from its checkpoint.")] = None,
+    resume: Annotated[Path | None, typer.Option(help="Continue this run directory from its newest checkpoint; "
+                                                "only the budget, --device and logging may change.")] = None,
     quiet: Annotated[bool, typer.Option(help="Log lines instead of the live display.")] = False,
     serve_: Annotated[bool, typer.Option("--serve", help="Watch it live in the browser meanwhile (townlet serve "
                                          "in a child process).")] = False,
@@ -100,16 +108,31 @@ def train(
         overrides["minutes"] = minutes
         if steps is None:
             overrides["steps"] = None  # the time budget alone
+    elif steps is not None and resume is not None:
+        overrides["minutes"] = None  # on resume, a new budget replaces the old one: the step budget alone
     try:
         if resume is not None:
-            run = open_run(resume)
+            if out is not None or overwrite:
+                raise ConfigError("--resume continues a run in its own directory: leave out --out and --overwrite")
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", SkippedCheckpointWarning)  # said below, in a line of its own
+                run = open_run(resume)
+            for path, why in run.skipped:
+                console.print(f"[yellow]skipped[/yellow] {why}; it will be renamed {path.name}.corrupt",
+                              highlight=False)
             trainer = run.resume(overrides)
-            console.print(f"resuming {resume} from {run.checkpoint.name} at {trainer.env_steps:,} steps")
+            if trainer.finished:
+                console.print(f"{resume} has already finished its budget ({_budget(trainer)}); nothing to train. "
+                              "To train on, resume with a larger budget, e.g. "
+                              f"--steps {2 * max(trainer.env_steps, 1)}", highlight=False)
+                return
+            console.print(f"resuming {resume} from {run.checkpoint.name} at {trainer.env_steps:,} steps "
+                          f"(budget: {_budget(trainer)})", highlight=False)
             run_dir = resume
         else:
             config = load_run_config(target, overrides, source_note="--set/options" if overrides else "")
             run_dir = out or Path("runs") / f"{Path(config.level).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
-            trainer = Trainer(config, run_dir)
+            trainer = Trainer(config, run_dir, overwrite=overwrite)
     except (ConfigError, CheckpointError) as e:
         raise _fail(str(e)) from None
     config = trainer.config
@@ -117,10 +140,24 @@ def train(
     count = int(scripted.sum()) if scripted is not None else 0
     guided = f" ({count} of them follow the scripted {config.guides.policy} policy)" if count else ""
     console.print(f"training {config.level} with {config.agents} agents{guided} -> {run_dir}")
-    with _live_view(trainer, serve_port) if serve_ else contextlib.nullcontext():
-        _run_with_display(trainer, quiet)
+    try:
+        with _live_view(trainer, serve_port) if serve_ else contextlib.nullcontext():
+            _run_with_display(trainer, quiet)
+    except CheckpointError as e:  # a full disk, a run another process is training
+        raise _fail(str(e)) from None
     console.print(f"checkpoint written; resume with: townlet train --resume {run_dir}")
     console.print(f"evaluate with: townlet eval {run_dir}    report: townlet report {run_dir}")
+
+
+def _budget(trainer) -> str:
+    """'4,000 of 6,000 agent-steps, 0.3 of 5 minutes': how much of a run's total budget is spent."""
+    config = trainer.config
+    parts = []
+    if config.steps is not None:
+        parts.append(f"{trainer.env_steps:,} of {config.steps:,} agent-steps")
+    if config.minutes is not None:
+        parts.append(f"{trainer.elapsed_before / 60:.1f} of {config.minutes:g} minutes")
+    return ", ".join(parts)
 
 
 @contextlib.contextmanager
@@ -199,12 +236,17 @@ def eval_(
     from townlet.train.evaluate import evaluate
 
     try:
-        result = evaluate(run, episodes, level, agents, seed, device)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", SkippedCheckpointWarning)  # in the output instead
+            result = evaluate(run, episodes, level, agents, seed, device)
     except (ConfigError, CheckpointError, FileNotFoundError) as e:
         raise _fail(str(e)) from None
     if as_json:
         typer.echo(json.dumps(result))
         return
+    for skipped in result["skipped_checkpoints"]:
+        console.print(f"[yellow]skipped[/yellow] {skipped['reason']}", highlight=False)
+    console.print(f"checkpoint: {result['checkpoint']} ({result['checkpoint_step']:,} agent-steps)", highlight=False)
     table = Table(title=f"{result['level']}: {episodes} episodes, greedy at full difficulty")
     for col in ("policy", "mean", "median", "p10", "95% CI", "cap rate", "died E/H", "invalid"):
         table.add_column(col, justify="left" if col == "policy" else "right")
@@ -231,18 +273,33 @@ def eval_(
     console.print(uses)
 
 
+def fresh_demo_dir(base: Path = DEMO_DIR) -> Path:
+    """`runs/demo` if it is free (missing or empty), else the first free `runs/demo-2`, `runs/demo-3`, ...:
+    a second demo never touches the first one's run."""
+    candidate, n = base, 2
+    while candidate.exists() and (not candidate.is_dir() or any(candidate.iterdir())):
+        candidate, n = base.with_name(f"{base.name}-{n}"), n + 1
+    return candidate
+
+
 @app.command()
 def demo(
     minutes: Annotated[float, typer.Option(min=0.1, help="Training budget.")] = 3.0,
-    out: Path = Path("runs/demo"),
+    out: Annotated[Path | None, typer.Option(help=f"Run directory (default {DEMO_DIR}, or {DEMO_DIR}-2, ... if it "
+                                             "holds a run already).")] = None,
+    overwrite: Annotated[bool, typer.Option(help=f"Replace the run in --out (default {DEMO_DIR}).")] = False,
 ) -> None:
     """The main job: train L1_full for a few minutes, evaluate, write the report, and say where to look."""
-    train(target="L1_full", minutes=minutes, out=out, agents=None, steps=None, seed=None, device=None,
-          set_=None, resume=None, quiet=not sys.stdout.isatty())
+    if out is None:
+        out = DEMO_DIR if overwrite else fresh_demo_dir()
+    console.print(f"demo run directory: {out}", highlight=False)
+    train(target="L1_full", minutes=minutes, out=out, overwrite=overwrite, agents=None, steps=None, seed=None,
+          device=None, set_=None, resume=None, quiet=not sys.stdout.isatty())
     eval_(run=out, episodes=1000, level=None, agents=250, seed=12345, device="cpu", as_json=False)
     report(run=out, episodes=200, scripted_episodes=50, agents=250, seed=12345, device="cpu")
     console.print(f"look at: {out / 'report' / 'summary.md'} (plots beside it), "
-                  f"tensorboard --logdir {out / 'tb'}, metrics in {out / 'metrics.sqlite'}")
+                  f"tensorboard --logdir {out / 'tb'}, metrics in {out / 'metrics.sqlite'}", highlight=False)
+    console.print(f"watch it live: townlet serve {out}", highlight=False)
 
 
 @app.command()
@@ -259,10 +316,16 @@ def report(
     from townlet.train.report import ReportError, build_report
 
     try:
-        result = build_report(run, episodes, scripted_episodes, seed, agents, device,
-                              log=lambda msg: console.print(f"[dim]{msg}[/dim]"))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", SkippedCheckpointWarning)  # in the output instead
+            result = build_report(run, episodes, scripted_episodes, seed, agents, device,
+                                  log=lambda msg: console.print(f"[dim]{msg}[/dim]"))
     except (ReportError, ConfigError, CheckpointError) as e:
         raise _fail(str(e)) from None
+    for _, why in result.skipped:
+        console.print(f"[yellow]skipped[/yellow] {why}", highlight=False)
+    if result.checkpoint is not None:
+        console.print(f"checkpoint evaluated: {result.checkpoint}", highlight=False)
     if result.greedy is not None:
         console.print(f"greedy survival: mean {result.greedy['survival_mean']:.1f}, "
                       f"median {result.greedy['survival_median']:.0f} ticks over {result.greedy['episodes']} episodes")

@@ -463,9 +463,11 @@ def test_state_dict_buffers_are_named_and_checked_by_name(tmp_path, l2_layout) -
     """Compact obs rings contribute their parts under prefixed names; a replay built without advice has no
     advice rows, so a checkpoint of one with advice is refused naming the buffer; weights_only loads it."""
     a = make(40, 2, l2_layout, advice=True)
-    names = set(a.state_dict()["buffers"])
+    state = a.state_dict()
+    names = set(state["buffers"])
     assert {"obs.discrete", "obs.floats", "final_obs.discrete", "final_obs.floats", "h", "c", "advice"} <= names
-    assert a.nbytes == sum(t.numel() * t.element_size() for t in a.state_dict()["buffers"].values())
+    assert set(state["shapes"]) == names  # every buffer's whole shape, checked on loading
+    assert a.nbytes == sum(math.prod(state["shapes"][n]) * t.element_size() for n, t in a._buffers().items())
     torch.save(a.state_dict(), tmp_path / "replay.pt")
     make(40, 2, l2_layout, advice=True).load_state_dict(torch.load(tmp_path / "replay.pt", weights_only=True))
     with pytest.raises(ValueError, match=r"SequenceReplay state buffer 'advice': expected torch.uint8 \[0, 2\]"):

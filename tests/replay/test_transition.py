@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -317,13 +319,14 @@ def test_state_dict_names_every_buffer_and_loads_by_name(tmp_path) -> None:
     a = TransitionReplay(16, 2, 3, n_step=2)
     b = TransitionReplay(16, 2, 3, n_step=2)
     state = a.state_dict()
-    assert set(state) == {"total", "buffers"}
+    assert set(state) == {"total", "buffers", "encoding", "shapes"}
     assert set(state["buffers"]) == {
         "obs.discrete", "obs.floats", "next_obs.discrete", "next_obs.floats", "next_mask", "actions", "rewards",
         "terminated", "truncated", "offsets", "discounts", "intrinsic",
     }
-    assert state["buffers"]["rewards"] is a._rewards
-    assert a.nbytes == sum(t.numel() * t.element_size() for t in state["buffers"].values())
+    assert state["buffers"]["rewards"].shape == (0, 2)  # nothing written yet: nothing stored
+    assert state["shapes"]["rewards"] == [8, 2]
+    assert a.nbytes == sum(math.prod(state["shapes"][n]) * t.element_size() for n, t in a._buffers().items())
     a.add(torch.ones(2, 3), torch.ones(2, 5, dtype=torch.bool), torch.tensor([1, 2]), torch.tensor([3.0, 4.0]),
           torch.ones(2, 3), torch.ones(2, 5, dtype=torch.bool), torch.zeros(2, dtype=torch.bool),
           torch.zeros(2, dtype=torch.bool))  # fmt: skip
@@ -340,7 +343,7 @@ def test_state_dict_names_every_buffer_and_loads_by_name(tmp_path) -> None:
         fresh.load_state_dict({"total": 1, "buffers": {**a.state_dict()["buffers"], "extra": torch.zeros(1)}})
     with pytest.raises(ValueError, match=r"TransitionReplay state buffer 'rewards': expected torch.float32 \[8, 2\], "
                                          r"got torch.float64 \[8, 2\]"):
-        fresh.load_state_dict({"total": 1, "buffers": {**a.state_dict()["buffers"], "rewards": a._rewards.double()}})
+        fresh.load_state_dict({**a.state_dict(), "buffers": {**a.state_dict()["buffers"], "rewards": a._rewards.double()}})
     with pytest.raises(ValueError, match="'buffers' mapping"):
         fresh.load_state_dict({"total": 1, "tensors": list(a.state_dict()["buffers"].values())})  # the old format
     assert fresh._total == 0 and not fresh._rewards.any()  # refused states load nothing

@@ -7,6 +7,8 @@ everything is float32, which is always exact.
 
 from __future__ import annotations
 
+import math
+import zlib
 from collections.abc import Iterable, Mapping
 
 import torch
@@ -122,7 +124,12 @@ def check_sample_args(batch_size: int, available: int, owner: str) -> None:
 class RingState:
     """Checkpoint support for a ring buffer: its preallocated buffers, by name (`_buffers`), and its host-side
     `_total` counter. Loading matches buffers by name, so a checkpoint that lacks a buffer, or holds one this
-    buffer does not have, is refused by name instead of being read into the wrong tensors."""
+    buffer does not have, is refused by name instead of being read into the wrong tensors.
+
+    A state holds only the part of each ring written so far (`_ring_axes`), flags packed as bits and int8
+    observations compressed (lossless), so a checkpoint of a young run is small; loading restores the same
+    buffer, zeros past the written part included. A state holding whole buffers (an older checkpoint) loads too.
+    """
 
     _total: int
 
@@ -130,16 +137,35 @@ class RingState:
         """Every preallocated tensor, by a name that stays fixed across versions."""
         raise NotImplementedError
 
+    def _ring_axes(self, total: int) -> dict[str, tuple[int, int]]:
+        """Buffers written in order along an axis: name -> (axis, entries written after `total` adds)."""
+        return {}
+
     def state_dict(self) -> dict[str, object]:
-        """`{"total": int, "buffers": {name: tensor}}`, for checkpoints (tensors only: loadable with
-        weights_only=True). The tensors are the live buffers, not copies."""
-        return {"total": self._total, "buffers": self._buffers()}
+        """`{"total": int, "buffers": {name: tensor}, "encoding": {name: how it is stored}, "shapes": {name: the
+        whole buffer's shape}}`, for checkpoints (tensors and plain containers only: loadable with
+        weights_only=True). The tensors are copies of the written part."""
+        axes = self._ring_axes(self._total)
+        buffers: dict[str, Tensor] = {}
+        encoding: dict[str, dict[str, object]] = {}
+        shapes: dict[str, list[int]] = {}
+        for name, tensor in self._buffers().items():
+            shapes[name] = list(tensor.shape)
+            if name in axes:
+                axis, written = axes[name]
+                tensor = tensor.narrow(axis, 0, written)
+            buffers[name], how = encode_tensor(tensor)
+            if how:
+                encoding[name] = how
+        return {"total": self._total, "buffers": buffers, "encoding": encoding, "shapes": shapes}
 
     def load_state_dict(self, state: Mapping[str, object]) -> None:
-        """Copy a `state_dict()` in; ValueError (nothing changed) if its buffer names, shapes or dtypes differ."""
+        """Copy a `state_dict()` in; ValueError (nothing changed) if its buffer names, shapes or dtypes differ. A
+        state without `shapes` holds whole buffers (as checkpoints of format 2 do)."""
         owner = type(self).__name__
         buffers, own = state.get("buffers"), self._buffers()
-        if not isinstance(buffers, Mapping):
+        encoding, shapes = state.get("encoding") or {}, state.get("shapes")
+        if not isinstance(buffers, Mapping) or not isinstance(encoding, Mapping):
             raise ValueError(f"{owner} state: expected a 'buffers' mapping of name -> tensor")
         missing = sorted(own.keys() - buffers.keys())
         unexpected = sorted(buffers.keys() - own.keys())
@@ -148,14 +174,85 @@ class RingState:
                 f"{owner} state: buffers differ (missing: {', '.join(missing) or 'none'}; "
                 f"unexpected: {', '.join(unexpected) or 'none'}); saved by a different version?"
             )
+        total = state.get("total")
+        if isinstance(total, bool) or not isinstance(total, int) or total < 0:
+            raise ValueError(f"{owner} state: 'total' must be a count of steps >= 0, got {total!r}")
+        axes = self._ring_axes(total) if isinstance(shapes, Mapping) else {}
+        decoded: dict[str, Tensor] = {}
         for name, dst in own.items():
-            src = buffers[name]
-            if not isinstance(src, Tensor) or dst.shape != src.shape or dst.dtype != src.dtype:
-                got = f"{src.dtype} {list(src.shape)}" if isinstance(src, Tensor) else type(src).__name__
+            what = f"{owner} state buffer {name!r}"
+            src = decode_tensor(buffers[name], encoding.get(name), what)
+            whole = list(shapes[name]) if isinstance(shapes, Mapping) and name in shapes else list(src.shape)
+            if src.dtype != dst.dtype or whole != list(dst.shape):
                 raise ValueError(
-                    f"{owner} state buffer {name!r}: expected {dst.dtype} {list(dst.shape)}, got {got} "
+                    f"{what}: expected {dst.dtype} {list(dst.shape)}, got {src.dtype} {whole} "
                     "(built with a different capacity or layout?)"
                 )
+            stored = list(dst.shape)
+            if name in axes:
+                axis, written = axes[name]
+                stored[axis] = written
+            if list(src.shape) != stored:
+                raise ValueError(f"{what}: holds shape {list(src.shape)} where {total} steps written make {stored}; "
+                                 "the checkpoint is damaged")
+            decoded[name] = src
         for name, dst in own.items():
-            dst.copy_(buffers[name])  # type: ignore[arg-type]
-        self._total = int(state["total"])  # type: ignore[call-overload]
+            src = decoded[name]
+            if name not in axes:
+                dst.copy_(src)
+            else:
+                axis, written = axes[name]
+                dst.narrow(axis, 0, written).copy_(src)
+                dst.narrow(axis, written, dst.shape[axis] - written).zero_()
+        self._total = total
+
+
+_COMPRESSED_DTYPES = {"int8": torch.int8, "uint8": torch.uint8}
+_COMPRESS_AT = 4096  # smaller tensors are stored as they are
+
+
+def encode_tensor(tensor: Tensor) -> tuple[Tensor, dict[str, object] | None]:
+    """A CPU copy of `tensor` to store, and how it was encoded (None: as it is). Bools become bits (8 per byte);
+    int8/uint8 tensors (one-hot observations: mostly zeros) are zlib-compressed. Both are exact."""
+    tensor = tensor.detach()
+    shape = list(tensor.shape)
+    if tensor.dtype == torch.bool and tensor.numel() > 0:
+        flat = tensor.reshape(-1)
+        flat = torch.cat([flat, flat.new_zeros((-flat.numel()) % 8)]).view(-1, 8).to(torch.uint8)
+        bits = (flat << torch.arange(8, dtype=torch.uint8, device=flat.device)).sum(1, dtype=torch.uint8)
+        return bits.cpu(), {"kind": "bits", "shape": shape}
+    dtype = str(tensor.dtype).removeprefix("torch.")
+    if dtype in _COMPRESSED_DTYPES and tensor.numel() >= _COMPRESS_AT:
+        data = zlib.compress(tensor.contiguous().cpu().numpy().tobytes(), 1)
+        return torch.frombuffer(bytearray(data), dtype=torch.uint8), {"kind": "zlib", "shape": shape,
+                                                                     "dtype": dtype}
+    return tensor.cpu().clone(), None  # a copy: a narrowed view would save its whole (preallocated) storage
+
+
+def decode_tensor(stored: object, how: object, what: str) -> Tensor:
+    """The tensor `encode_tensor` stored; ValueError naming `what` if it does not decode."""
+    if how is None:
+        if not isinstance(stored, Tensor):
+            raise ValueError(f"{what}: expected a tensor, got {type(stored).__name__}")
+        return stored
+    if not isinstance(how, Mapping) or not isinstance(stored, Tensor) or stored.dtype != torch.uint8:
+        raise ValueError(f"{what}: an encoded buffer must be a uint8 tensor with its encoding")
+    shape = [int(n) for n in how.get("shape", [])]
+    count = math.prod(shape)
+    try:
+        if how.get("kind") == "bits":
+            bits = (stored.unsqueeze(1) >> torch.arange(8, dtype=torch.uint8)) & 1
+            if bits.numel() < count:
+                raise ValueError("too few bits")
+            return bits.reshape(-1)[:count].bool().view(shape)
+        if how.get("kind") == "zlib" and how.get("dtype") in _COMPRESSED_DTYPES:
+            data = zlib.decompress(stored.numpy().tobytes())
+            dtype = _COMPRESSED_DTYPES[str(how["dtype"])]
+            if len(data) != count:
+                raise ValueError(f"{len(data)} bytes for shape {shape}")
+            if count == 0:
+                return torch.zeros(shape, dtype=dtype)
+            return torch.frombuffer(bytearray(data), dtype=dtype).view(shape)
+    except (ValueError, RuntimeError, zlib.error) as e:
+        raise ValueError(f"{what}: does not decode ({e}); the checkpoint is damaged") from None
+    raise ValueError(f"{what}: unknown encoding {dict(how)!r}")

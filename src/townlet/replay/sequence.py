@@ -192,6 +192,18 @@ class SequenceReplay(RingState):
             "advice": self._advice,
         }
 
+    def _ring_axes(self, total: int) -> dict[str, tuple[int, int]]:
+        rows = min(total, self.rows)
+        slots = min(-(-total // self.stride), self.num_slots)  # sequences started: one slot each
+        axes = {name: (0, rows) for name in self._buffers() if name not in ("h", "c", "steps", "weight",
+                                                                           "max_priority", "advice")}
+        axes.update(h=(1, slots), c=(1, slots))
+        if self.advice:
+            axes["advice"] = (0, rows)
+        if self.prioritized:
+            axes["weight"] = (0, slots)
+        return axes
+
     @property
     def nbytes(self) -> int:
         """Bytes of all preallocated tensors, including the dense compact final-obs ring and start states."""

@@ -103,6 +103,10 @@ class TransitionReplay(RingState):
             "intrinsic": self._intrinsic,
         }
 
+    def _ring_axes(self, total: int) -> dict[str, tuple[int, int]]:
+        written = min(total, self.rows)
+        return {name: (0, written) for name in self._buffers() if name not in ("offsets", "discounts")}
+
     @property
     def nbytes(self) -> int:
         """Bytes of all preallocated tensors (observations compact: int8 discrete fields)."""

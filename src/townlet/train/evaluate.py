@@ -40,13 +40,17 @@ def evaluate(
     path: Path, episodes: int = 1000, level: str | None = None, agents: int = 250, seed: int = 12345,
     device: str = "cpu", scripted: bool = True,
 ) -> dict[str, Any]:
-    """The eval JSON: the agent's summary (episodes, survival_mean/median/p10, ci95, cap_rate, causes,
-    invalid_rate) at the top level, for an agent with memory the same with its memory wiped every step under
-    `memory_wiped`, and the scripted policies under `scripted`."""
+    """The eval JSON: the checkpoint evaluated (`checkpoint`, its `checkpoint_step`, and the newer files that
+    could not be read under `skipped_checkpoints`), the agent's summary (episodes, survival_mean/median/p10,
+    ci95, cap_rate, causes, invalid_rate) at the top level, for an agent with memory the same with its memory
+    wiped every step under `memory_wiped`, and the scripted policies under `scripted`."""
     run = open_run(Path(path))
     level_config = load_level(level) if level else run.level
     policy = run.policy(device, level_config)
-    result: dict[str, Any] = {"level": level_config.name, "checkpoint": str(path), "seed": seed}
+    result: dict[str, Any] = {
+        "level": level_config.name, "checkpoint": str(run.checkpoint), "checkpoint_step": run.step,
+        "skipped_checkpoints": [{"path": str(p), "reason": why} for p, why in run.skipped], "seed": seed,
+    }
     agents = min(agents, episodes)
     result.update(greedy_stats(policy, level_config, episodes, agents, seed, device))
     if policy.memory:

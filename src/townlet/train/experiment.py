@@ -71,6 +71,9 @@ def budget_label(record: dict[str, Any]) -> str:
     return f"{record['minutes']:g} min"
 
 
+_NOT_RESULTS = ("checkpoint", "checkpoint_step", "skipped_checkpoints", "level")  # where, not how well
+
+
 def run_trial(
     trial: Trial, runs_dir: Path, episodes: int = 1000, eval_seed: int = 12345,
     machine_speed: Callable[[int], float | None] | None = None,
@@ -103,7 +106,7 @@ def run_trial(
         "updates": trainer.algorithm.metrics()["updates"],
         "finished": time.strftime("%Y-%m-%d %H:%M"),
         "yardstick_steps_per_s": speed,
-        "eval": {k: v for k, v in result.items() if k not in ("checkpoint", "level")},
+        "eval": {k: v for k, v in result.items() if k not in _NOT_RESULTS},
         # the curve travels with the record: run directories are not committed, plots are redrawn without them
         "curve": {k: [round(float(x), 3) for x in v[keep]] for k, v in curve.items()} if len(keep) else {},
     }

@@ -40,6 +40,8 @@ class Report:
     final: dict[str, Any] = field(default_factory=dict)  # training survival over the last episodes
     greedy: dict[str, Any] | None = None
     scripted: dict[str, dict[str, Any]] = field(default_factory=dict)
+    checkpoint: Path | None = None  # the checkpoint evaluated: the newest that could be read
+    skipped: list[tuple[Path, str]] = field(default_factory=list)  # newer ones that could not, and why
 
     @property
     def summary(self) -> Path:
@@ -335,6 +337,9 @@ def render_summary(
         f"Generated {time.strftime('%Y-%m-%d %H:%M:%S')} from `{run_dir}`"
         + (f", checkpoint `{checkpoint.name}`." if checkpoint else " (no checkpoint: no agent evaluation)."),
         "",
+        *(["Newer checkpoints could not be read and were skipped: "
+           + "; ".join(f"`{path.name}` ({why.removeprefix(str(path) + ': ')})" for path, why in report.skipped)
+           + ".", ""] if report.skipped else []),
         "## Run configuration",
         "",
         "| setting | value |",
@@ -354,7 +359,7 @@ def render_summary(
         "## Training",
         "",
         f"- env steps (agent-steps): **{trained:,}**"
-        + (f" (newest checkpoint at {ckpt_steps:,})" if ckpt_steps is not None else ""),
+        + (f" (the evaluated checkpoint is at {ckpt_steps:,})" if ckpt_steps is not None else ""),
         *([
             f"- wall time at the last metrics row: {_f(last.get('wall_s'))} s "
             f"(step {int(last.get('step') or 0):,}), {_f(last.get('steps_per_s'), ',.0f')} steps/s",
@@ -438,7 +443,7 @@ def build_report(
         raise ReportError(str(e)) from None
     config, level, checkpoint = run.config, run.level, run.checkpoint
 
-    report = Report(directory=run_dir / REPORT_DIR)
+    report = Report(directory=run_dir / REPORT_DIR, checkpoint=checkpoint, skipped=run.skipped)
     lengths = _column(ep_rows, "length")
     tail = ep_rows[-min(len(ep_rows), 100):]
     report.final = survival_summary(_column(tail, "length"), level.max_steps)

@@ -18,10 +18,18 @@ import torch
 
 from townlet.curriculum import AdversarialCurriculum, Curriculum, StaticCurriculum
 from townlet.train.algos import Algorithm, Step, make_algorithm
-from townlet.train.checkpoint import FORMAT
+from townlet.train.checkpoint import FORMAT, RunDirError
 from townlet.train.config import RunConfig
 from townlet.train.logbook import Logbook, Progress
-from townlet.train.rundir import open_run, save_checkpoint, write_run_files
+from townlet.train.rundir import (
+    RunLock,
+    open_run,
+    prepare_run_dir,
+    remove_stale_temp_files,
+    save_checkpoint,
+    set_aside,
+    write_run_files,
+)
 from townlet.world import LevelConfig, World, load_level
 
 
@@ -35,11 +43,12 @@ class Components:
     algorithm: Algorithm
 
 
-def build_run(config: RunConfig) -> Components:
-    """The one place that turns a run config into the parts of a run (seeded: the same config, the same run)."""
+def build_run(config: RunConfig, level: LevelConfig | None = None) -> Components:
+    """The one place that turns a run config into the parts of a run (seeded: the same config, the same run).
+    `level`: the level itself (a resumed run's own copy); None reads `config.level`."""
     device = torch.device(config.device)
     torch.manual_seed(config.seed)
-    level = load_level(config.level)
+    level = level if level is not None else load_level(config.level)
     # actions come from a masked argmax, always in range: skip the per-step check (a host sync on CUDA)
     world = World(level, config.agents, device=device, seed=config.seed, validate_actions=False,
                   compile=config.compile_world)
@@ -58,12 +67,18 @@ def build_run(config: RunConfig) -> Components:
 
 class Trainer:
     """Trains a run config in `run_dir`. `run()` returns when the budget is spent or a stop was requested
-    (`request_stop()`, SIGINT, SIGTERM), always leaving a checkpoint behind."""
+    (`request_stop()`, SIGINT, SIGTERM), always leaving a checkpoint behind.
 
-    def __init__(self, config: RunConfig, run_dir: Path | str) -> None:
+    A new run needs a new or empty `run_dir`: one that holds a run is refused (RunDirError) unless
+    `overwrite`, which deletes that run first. `Trainer.resume(run_dir)` continues a run instead. Budgets
+    (`steps`, `minutes`) are totals over every session of a run.
+    """
+
+    def __init__(self, config: RunConfig, run_dir: Path | str, *, level: LevelConfig | None = None,
+                 overwrite: bool = False, new_run: bool = True) -> None:
         self.config = config
         self.run_dir = Path(run_dir)
-        parts = build_run(config)
+        parts = build_run(config, level)
         self.level, self.world, self.curriculum, self.algorithm = (
             parts.level, parts.world, parts.curriculum, parts.algorithm)
         self.device = self.world.device
@@ -81,6 +96,12 @@ class Trainer:
         self._stop = False
         self._started: float | None = None
         self._start_steps = 0
+        self.last_checkpoint: Path | None = None  # the newest checkpoint this trainer wrote or started from
+        self.unreadable_checkpoints: list[Path] = []  # newer files a resume skipped: set aside when it runs
+        self._lock = RunLock(self.run_dir)
+        self.lock_wait_s = 5.0  # how long run() waits for the run's lock: a reader holds it for a moment
+        if new_run:
+            prepare_run_dir(self.run_dir, overwrite)
 
     # ------------------------------------------------------------------ checkpoints
     @classmethod
@@ -124,8 +145,10 @@ class Trainer:
         self.logbook.open(self.resumed_at)
         self.logbook.flush(self.world.episode, self.algorithm.scripted)
         self.logbook.commit()
-        return save_checkpoint(self.run_dir / "checkpoints", self.env_steps,
-                               self.state_dict(self.config.logging.save_replay), self.config.logging.keep_checkpoints)
+        self.last_checkpoint = save_checkpoint(self.run_dir / "checkpoints", self.env_steps,
+                                               self.state_dict(self.config.logging.save_replay),
+                                               self.config.logging.keep_checkpoints)
+        return self.last_checkpoint
 
     def request_stop(self, *_: Any) -> None:
         self._stop = True
@@ -155,7 +178,15 @@ class Trainer:
         return time.perf_counter() - self._started if self._started is not None else 0.0
 
     def _budget_left(self) -> float | None:
-        return None if self.config.minutes is None else self.config.minutes * 60 - self._elapsed()
+        """Seconds left of the `minutes` budget, a total over every session of the run."""
+        if self.config.minutes is None:
+            return None
+        return self.config.minutes * 60 - self.elapsed_before - self._elapsed()
+
+    @property
+    def finished(self) -> bool:
+        """Whether the run's budget is spent (a resume needs a larger `steps` or `minutes` to train on)."""
+        return self._done()
 
     def _done(self) -> bool:
         if self.config.steps is not None and self.env_steps >= self.config.steps:
@@ -191,7 +222,22 @@ class Trainer:
         self.logbook.write_interval(row)
 
     def run(self, on_progress: Callable[[Progress], None] | None = None, progress_every_s: float = 1.0) -> Path:
-        """Train until the budget is spent or a stop is requested; returns the last checkpoint's path."""
+        """Train until the budget is spent or a stop is requested; returns the last checkpoint's path. A run
+        whose budget is already spent trains nothing and writes nothing: it returns the checkpoint it holds."""
+        if self._done() and self.last_checkpoint is not None:
+            return self.last_checkpoint
+        if not self._lock.acquire(wait_s=self.lock_wait_s):
+            raise RunDirError(f"{self.run_dir}: another process is training this run right now (it holds the run "
+                              "directory's lock); wait for it to finish, or stop it, before training it here")
+        try:
+            return self._run_locked(on_progress, progress_every_s)
+        finally:
+            self._lock.release()
+
+    def _run_locked(self, on_progress: Callable[[Progress], None] | None, progress_every_s: float) -> Path:
+        remove_stale_temp_files(self.run_dir)  # left by a run killed while writing; no one else writes here now
+        set_aside(self.unreadable_checkpoints)  # so that pruning and the next resume see the good ones only
+        self.unreadable_checkpoints = []
         write_run_files(self.run_dir, self.config, self.level)
         self.logbook.open(self.resumed_at)
         previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
