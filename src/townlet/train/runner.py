@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from townlet.curriculum import AdversarialCurriculum, Curriculum, StaticCurriculum
+from townlet.devices import require_device
 from townlet.train.algos import Algorithm, Step, make_algorithm
 from townlet.train.checkpoint import FORMAT
 from townlet.train.config import RunConfig
@@ -37,7 +38,7 @@ class Components:
 
 def build_run(config: RunConfig) -> Components:
     """The one place that turns a run config into the parts of a run (seeded: the same config, the same run)."""
-    device = torch.device(config.device)
+    device = require_device(config.device, "device (run config)")
     torch.manual_seed(config.seed)
     level = load_level(config.level)
     # actions come from a masked argmax, always in range: skip the per-step check (a host sync on CUDA)
