@@ -68,7 +68,8 @@ class Trainer:
         self.level, self.world, self.curriculum, self.algorithm = (
             parts.level, parts.world, parts.curriculum, parts.algorithm)
         self.device = self.world.device
-        self.logbook = Logbook(self.run_dir, self.world.CAUSES, config.logging.tensorboard)
+        self.logbook = Logbook(self.run_dir, self.world.CAUSES, config.logging.tensorboard,
+                               run_config=config.model_dump(mode="json"))
         n = config.agents
         self.env_steps = 0
         self.resumed_at = 0  # agent-steps of the checkpoint this trainer started from
@@ -189,7 +190,7 @@ class Trainer:
             "survival_median": p.survival_median, "stage_mean": p.stage,
             **self.algorithm.end_interval(self.logbook.take_interval_lengths()),
         }
-        self.logbook.write_interval(row)
+        self.logbook.write_interval(row, extra=m)  # the learning rate, PPO's parts of the loss: TensorBoard
 
     def run(self, on_progress: Callable[[Progress], None] | None = None, progress_every_s: float = 1.0) -> Path:
         """Train until the budget is spent or a stop is requested; returns the last checkpoint's path."""
