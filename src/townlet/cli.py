@@ -1,4 +1,9 @@
-"""The `townlet` command line."""
+"""The `townlet` command line.
+
+Every command's anticipated failures (a bad file, field or option; a run directory or checkpoint that cannot be
+used; a busy port; Ctrl-C outside training) end in one or two plain lines and exit code 2 (130 for Ctrl-C);
+anything else is an internal error: one line and exit code 1, the traceback with `townlet --debug`.
+"""
 
 from __future__ import annotations
 
@@ -9,17 +14,128 @@ import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
+from typer.core import TyperGroup
 
+import townlet
+from townlet.config_files import ConfigError, shorten
+from townlet.devices import require_device
 from townlet.train.checkpoint import CheckpointError, SkippedCheckpointWarning
-from townlet.world import LEVEL_NAMES, ConfigError, load_level, scripted_stats
+from townlet.world import LEVEL_NAMES, load_level, scripted_stats
 
-app = typer.Typer(help="townlet: a batched survival world for deep RL.", no_args_is_help=True)
+EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED = 2, 1, 130
+EXIT_CODES = (
+    "Exit codes: 0 finished (training also when stopped by Ctrl-C or SIGTERM, after writing its checkpoint); "
+    "2 bad input (a file, field, option, run directory or checkpoint that cannot be used: the message says "
+    "which); 130 interrupted by Ctrl-C outside training; 1 an internal error (rerun with --debug for the "
+    "traceback)."
+)
+LINE_CHARS = 1000  # the most of one error line printed: a message quotes what was wrong, not a whole file
+
 console = Console() if sys.stdout.isatty() else Console(width=140)
+errors = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def _say(text: str) -> None:
+    """Print text that may hold user input (paths, names) as it is: no rich markup, no highlighting."""
+    console.print(text, markup=False, highlight=False, soft_wrap=True)
+
+
+def print_error(message: str) -> None:
+    """`error: message` on stderr, printed as plain text (brackets such as `[1` or `[dev]` stay as they are),
+    each line cut to LINE_CHARS characters."""
+    lines = [shorten(line, LINE_CHARS) for line in str(message).splitlines() or [""]]
+    errors.print(Text.assemble(("error: ", "bold red"), "\n".join(lines)))
+
+
+def _anticipated() -> tuple[type[BaseException], ...]:
+    """The error types that mean bad input rather than a bug. Those of modules not imported yet cannot have
+    been raised, so they are not imported for this."""
+    kinds: list[type[BaseException]] = [ConfigError, CheckpointError, ValidationError]
+    for module, name in (("townlet.serve.app", "ServeError"), ("townlet.train.report", "ReportError"),
+                         ("townlet.train.watch", "WatchError"), ("townlet.serve.sim", "SimulationError")):
+        loaded = sys.modules.get(module)
+        if loaded is not None:
+            kinds.append(getattr(loaded, name))
+    return tuple(kinds)
+
+
+def describe_error(error: BaseException) -> tuple[str, int] | None:
+    """(message, exit code) for an anticipated error; None for an internal one."""
+    if isinstance(error, KeyboardInterrupt):
+        return "interrupted (Ctrl-C); nothing more was done", EXIT_INTERRUPTED
+    if isinstance(error, OSError) and error.filename is not None:
+        where = f"{error.filename}" + (f" -> {error.filename2}" if error.filename2 is not None else "")
+        return f"{where}: {error.strerror or error}", EXIT_BAD_INPUT
+    if isinstance(error, _anticipated()):
+        return str(error), EXIT_BAD_INPUT
+    return None
+
+
+# what the command-line framework raises to end or refuse a command (a usage error prints itself); typer's own
+# classes, which are click's where typer uses click and its vendored copy's where it does not
+_FRAMEWORK_EXITS: tuple[type[BaseException], ...] = (
+    typer.Exit, typer.Abort, *(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException"))
+
+
+class _Commands(TyperGroup):
+    """Runs a command and turns what it raises into the messages and exit codes the module docstring lists."""
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except _FRAMEWORK_EXITS:
+            raise
+        except (Exception, KeyboardInterrupt) as error:
+            if ctx.meta.get("townlet.debug"):
+                raise
+            known = describe_error(error)
+            if known is not None:
+                print_error(known[0])
+                raise typer.Exit(known[1]) from None
+            print_error(f"internal error ({type(error).__name__}: {shorten(str(error))}); rerun with "
+                        "`townlet --debug ...` for the traceback, and please report it")
+            raise typer.Exit(EXIT_INTERNAL) from None
+
+
+app = typer.Typer(
+    help="townlet: a batched survival world for deep RL.", epilog=EXIT_CODES, no_args_is_help=True,
+    cls=_Commands, pretty_exceptions_show_locals=False, rich_markup_mode=None,
+)
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        typer.echo(f"townlet {townlet.__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    ctx: typer.Context,
+    debug: Annotated[bool, typer.Option("--debug", help="Show the traceback of an internal error.")] = False,
+    version: Annotated[bool | None, typer.Option("--version", callback=_show_version, is_eager=True,
+                                                 help="Print the version and exit.")] = None,
+) -> None:
+    """townlet: a batched survival world for deep RL."""
+    ctx.meta["townlet.debug"] = debug
+
+
+def _device(name: str) -> str:
+    """A --device option's value, checked against this machine (a ConfigError naming what is allowed)."""
+    require_device(name, "--device")
+    return name
+
+
+DEVICE_HELP = "Where to run: cpu, cuda, cuda:N or mps."
+SEED_HELP = "Random seed (the same seed plays the same episodes)."
 
 
 def _scripted_table(levels: list[str], episodes: int, agents: int, seed: int, device: str) -> list[dict]:
@@ -35,19 +151,15 @@ def policies(
     levels: Annotated[list[str] | None, typer.Argument(help="Levels (names or YAML paths); default: all.")] = None,
     episodes: Annotated[int, typer.Option(min=1, help="Episodes per level and policy.")] = 500,
     agents: Annotated[int, typer.Option(min=1, help="Agents stepped in parallel.")] = 250,
-    seed: int = 0,
-    device: str = "cpu",
+    seed: Annotated[int, typer.Option(min=0, help=SEED_HELP)] = 0,
+    device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "cpu",
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON list instead of a table.")] = False,
 ) -> None:
     """Survival of the scripted reference policies: random valid actions; the needs policy with full knowledge,
     and on partial views remembering what it saw (needs-memory), knowing only its window (needs-view), remembering
     and searching the cells it has not seen (needs-explore), or knowing only its window and searching by a fixed
     round of the town (needs-sweep: no memory at all)."""
-    try:
-        rows = _scripted_table(levels or list(LEVEL_NAMES), episodes, agents, seed, device)
-    except ConfigError as e:
-        console.print(f"[red]error:[/red] {e}")
-        raise typer.Exit(2) from None
+    rows = _scripted_table(levels or list(LEVEL_NAMES), episodes, agents, seed, _device(device))
     if as_json:
         typer.echo(json.dumps(rows))
         return
@@ -58,7 +170,7 @@ def policies(
         lo, hi = r["survival_ci95"]
         causes = r["causes"]
         table.add_row(
-            r["level"], r["policy"], f"{r['survival_mean']:.1f}", f"{r['survival_median']:.0f}",
+            Text(r["level"]), r["policy"], f"{r['survival_mean']:.1f}", f"{r['survival_median']:.0f}",
             f"{r['survival_p10']:.0f}", f"{lo:.1f}–{hi:.1f}", f"{r['cap_rate']:.1%}",
             f"{causes.get('energy', 0)}/{causes.get('health', 0)}",
         )
@@ -69,38 +181,54 @@ DEMO_DIR = Path("runs/demo")
 
 
 def _fail(message: str) -> typer.Exit:
-    console.print(f"[red]error:[/red] {message}")
-    return typer.Exit(2)
+    """Print `message` as an error (plain text) and return the bad-input exit to raise."""
+    print_error(message)
+    return typer.Exit(EXIT_BAD_INPUT)
 
 
 def _fmt(value: float | None, spec: str = ".1f") -> str:
     return "-" if value is None else format(value, spec)
 
 
-@app.command()
+TRAIN_HELP = (
+    "Train an agent: many agents in one batched world feed one learner; Ctrl-C stops with a checkpoint.\n\n"
+    f"TARGET is a packaged level ({', '.join(LEVEL_NAMES)}), which trains its default run config; a run config "
+    "(a packaged one, e.g. L2_partial_ppo or L2_partial_demonstrations, or a run YAML file); or a level YAML "
+    "file, trained with the default run config of the packaged level it extends. The run config's fields, which "
+    "--set changes by their dotted names (--set learner.lr=3e-4), are listed in docs/training.md."
+)
+
+
+@app.command(help=TRAIN_HELP)
 def train(
-    target: Annotated[str, typer.Argument(help="A level name (its default run config) or a run YAML.")] = "L1_full",
+    target: Annotated[str, typer.Argument(help="A level name (its default run config), a run config (name or "
+                                          "YAML) or a level YAML file.")] = "L1_full",
     agents: Annotated[int | None, typer.Option(min=1, help="Agents stepped in parallel.")] = None,
     steps: Annotated[int | None, typer.Option(min=1, help="Agent-steps to train for, in total: a resumed run counts "
                                               "the steps it already trained.")] = None,
     minutes: Annotated[float | None, typer.Option(min=0.01, help="Wall-clock budget (instead of --steps), in total: "
                                                   "a resumed run counts the minutes it already trained.")] = None,
-    seed: Annotated[int | None, typer.Option(min=0)] = None,
-    device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1, ...")] = None,
+    seed: Annotated[int | None, typer.Option(min=0, help=SEED_HELP)] = None,
+    device: Annotated[str | None, typer.Option(help=DEVICE_HELP)] = None,
     out: Annotated[Path | None, typer.Option(help="Run directory, new or empty (default runs/<level>-<time>).")] = None,
     overwrite: Annotated[bool, typer.Option(help="Delete the run already in --out and start afresh.")] = False,
-    set_: Annotated[list[str] | None, typer.Option("--set", help="Override a field: key=value (dotted).")] = None,
+    set_: Annotated[list[str] | None, typer.Option(
+        "--set", help="Override a run config field: key=value, the key dotted (learner.lr=3e-4); repeatable. "
+        "The fields: docs/training.md.")] = None,
     resume: Annotated[Path | None, typer.Option(help="Continue this run directory from its newest checkpoint; "
                                                 "only the budget, --device and logging may change.")] = None,
-    quiet: Annotated[bool, typer.Option(help="Log lines instead of the live display.")] = False,
+    quiet: Annotated[bool, typer.Option(help="Plain log lines at the log interval instead of the live display "
+                                        "(also when the output is not a terminal).")] = False,
     serve_: Annotated[bool, typer.Option("--serve", help="Watch it live in the browser meanwhile (townlet serve "
                                          "in a child process).")] = False,
     serve_port: Annotated[int, typer.Option(min=1, max=65535, help="The --serve page's port.")] = 8000,
 ) -> None:
-    """Train an agent: many agents in one batched world feed one learner; Ctrl-C stops with a checkpoint."""
     from townlet.train import Trainer, load_run_config, open_run, parse_overrides
+    from townlet.train.config import level_file_defaults, run_config_path
 
     overrides = parse_overrides(set_ or [])
+    if device is not None:
+        _device(device)
     for key, value in (("agents", agents), ("seed", seed), ("device", device), ("steps", steps)):
         if value is not None:
             overrides[key] = value
@@ -110,43 +238,48 @@ def train(
             overrides["steps"] = None  # the time budget alone
     elif steps is not None and resume is not None:
         overrides["minutes"] = None  # on resume, a new budget replaces the old one: the step budget alone
-    try:
-        if resume is not None:
-            if out is not None or overwrite:
-                raise ConfigError("--resume continues a run in its own directory: leave out --out and --overwrite")
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", SkippedCheckpointWarning)  # said below, in a line of its own
-                run = open_run(resume)
-            for path, why in run.skipped:
-                console.print(f"[yellow]skipped[/yellow] {why}; it will be renamed {path.name}.corrupt",
-                              highlight=False)
-            trainer = run.resume(overrides)
-            if trainer.finished:
-                console.print(f"{resume} has already finished its budget ({_budget(trainer)}); nothing to train. "
-                              "To train on, resume with a larger budget, e.g. "
-                              f"--steps {2 * max(trainer.env_steps, 1)}", highlight=False)
-                return
-            console.print(f"resuming {resume} from {run.checkpoint.name} at {trainer.env_steps:,} steps "
-                          f"(budget: {_budget(trainer)})", highlight=False)
-            run_dir = resume
-        else:
-            config = load_run_config(target, overrides, source_note="--set/options" if overrides else "")
-            run_dir = out or Path("runs") / f"{Path(config.level).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
-            trainer = Trainer(config, run_dir, overwrite=overwrite)
-    except (ConfigError, CheckpointError) as e:
-        raise _fail(str(e)) from None
+    if resume is not None:
+        if out is not None or overwrite:
+            raise ConfigError("--resume continues a run in its own directory: leave out --out and --overwrite")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", SkippedCheckpointWarning)  # said below, in a line of its own
+            run = open_run(resume)
+        for path, why in run.skipped:
+            _say(f"skipped {why}; it will be renamed {path.name}.corrupt")
+        trainer = run.resume(overrides)
+        if trainer.finished:
+            _say(f"{resume} has already finished its budget ({_budget(trainer)}); nothing to train. "
+                 f"To train on, resume with a larger budget, e.g. --steps {2 * max(trainer.env_steps, 1)}")
+            return
+        _say(f"resuming {resume} from {run.checkpoint.name} at {trainer.env_steps:,} steps "
+             f"(budget: {_budget(trainer)})")
+        run_dir = resume
+    else:
+        config = load_run_config(target, overrides, source_note="--set/options" if overrides else "")
+        packaged = target in LEVEL_NAMES or run_config_path(target).is_file()
+        base = None if packaged else level_file_defaults(Path(target))
+        if base is not None:
+            _say(f"{target} is a level file: training it with the default run config of {base}")
+        run_dir = out or Path("runs") / f"{Path(config.level).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+        trainer = Trainer(config, run_dir, overwrite=overwrite)
     config = trainer.config
     scripted = trainer.algorithm.scripted
     count = int(scripted.sum()) if scripted is not None else 0
     guided = f" ({count} of them follow the scripted {config.guides.policy} policy)" if count else ""
-    console.print(f"training {config.level} with {config.agents} agents{guided} -> {run_dir}")
-    try:
-        with _live_view(trainer, serve_port) if serve_ else contextlib.nullcontext():
-            _run_with_display(trainer, quiet)
-    except CheckpointError as e:  # a full disk, a run another process is training
-        raise _fail(str(e)) from None
-    console.print(f"checkpoint written; resume with: townlet train --resume {run_dir}")
-    console.print(f"evaluate with: townlet eval {run_dir}    report: townlet report {run_dir}")
+    _say(f"training {config.level} with {config.agents} agents{guided} -> {run_dir}")
+    with _live_view(trainer, serve_port) if serve_ else contextlib.nullcontext():
+        last = _run_with_display(trainer, quiet or not sys.stdout.isatty())
+    if last is not None:
+        _say(_summary_line(last))
+    _say(f"checkpoint written; resume with: townlet train --resume {run_dir}")
+    _say(f"evaluate with: townlet eval {run_dir}    report: townlet report {run_dir}")
+
+
+def _summary_line(p) -> str:
+    """The one line a finished (or stopped) training run ends with."""
+    return (f"done: {p.env_steps:,} agent-steps in {p.elapsed_s:,.0f} s ({p.steps_per_s:,.0f}/s this session), "
+            f"{p.episodes:,} episodes; survival of the last 100: mean {_fmt(p.survival_mean)}, median "
+            f"{_fmt(p.survival_median, '.0f')}")
 
 
 def _budget(trainer) -> str:
@@ -162,47 +295,52 @@ def _budget(trainer) -> str:
 
 @contextlib.contextmanager
 def _live_view(trainer, port: int) -> Iterator[None]:
-    from townlet.serve import ServeError, start_beside
+    from townlet.serve import start_beside
 
-    try:
-        view = start_beside(trainer, port)
-    except ServeError as e:
-        raise _fail(str(e)) from None
-    console.print(f"live view: {view.url} (it plays the newest checkpoint; log: {view.run_dir / 'serve.log'})",
-                  highlight=False)
+    view = start_beside(trainer, port)
+    _say(f"live view: {view.url} (it plays the newest checkpoint; log: {view.run_dir / 'serve.log'})")
     try:
         yield
     finally:
         view.stop()
 
 
-def _run_with_display(trainer, quiet: bool) -> None:
+def _progress_line(p) -> str:
+    return (
+        f"steps={p.env_steps} sps={p.steps_per_s:.0f} episodes={p.episodes} "
+        f"survival_mean={_fmt(p.survival_mean)} median={_fmt(p.survival_median, '.0f')} "
+        f"eps={_fmt(p.epsilon, '.3f')} loss={_fmt(p.loss, '.4f')} stage={_fmt(p.stage, '.2f')}"
+        + "".join(f" {k}={v:.3g}" for k, v in p.extra.items())
+    )
+
+
+def _run_with_display(trainer, quiet: bool):
+    """Train with the live display, or (quiet) one plain line each log interval; the last Progress seen."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     config = trainer.config
     by_time = config.minutes is not None and config.steps is None
     total = config.minutes * 60 if by_time else float(config.steps)
+    last: list[Any] = [None]
     if quiet:
-        last = [0.0]
+        every = config.logging.interval_steps
+        next_line = [(trainer.env_steps // every + 1) * every]
 
         def log(p) -> None:
-            if time.perf_counter() - last[0] >= 10:
-                last[0] = time.perf_counter()
-                typer.echo(
-                    f"steps={p.env_steps} sps={p.steps_per_s:.0f} episodes={p.episodes} "
-                    f"survival_mean={_fmt(p.survival_mean)} median={_fmt(p.survival_median, '.0f')} "
-                    f"eps={_fmt(p.epsilon, '.3f')} loss={_fmt(p.loss, '.4f')} stage={_fmt(p.stage, '.2f')}"
-                    + "".join(f" {k}={v:.3g}" for k, v in p.extra.items())
-                )
+            last[0] = p
+            if p.env_steps >= next_line[0]:
+                next_line[0] = (p.env_steps // every + 1) * every
+                typer.echo(_progress_line(p))
 
         trainer.run(on_progress=log)
-        return
+        return last[0]
     columns = [TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.fields[line]}"),
                TimeElapsedColumn()]
     with Progress(*columns, console=console, refresh_per_second=4) as bar:
-        task = bar.add_task(config.level, total=total, line="")
+        task = bar.add_task(escape(config.level), total=total, line="")
 
         def show(p) -> None:
+            last[0] = p
             left = "-" if p.budget_left_s is None else f"{max(p.budget_left_s, 0):.0f}s"
             if p.budget_left_s is None and config.steps:
                 left = f"{max(config.steps - p.env_steps, 0) / max(p.steps_per_s, 1):.0f}s"
@@ -217,16 +355,17 @@ def _run_with_display(trainer, quiet: bool) -> None:
             bar.update(task, completed=min(done, total), line=line)
 
         trainer.run(on_progress=show)
+    return last[0]
 
 
 @app.command("eval")
 def eval_(
     run: Annotated[Path, typer.Argument(help="A run directory (its newest checkpoint) or a checkpoint file.")],
-    episodes: Annotated[int, typer.Option(min=1)] = 1000,
+    episodes: Annotated[int, typer.Option(min=1, help="Episodes of the agent and of each scripted policy.")] = 1000,
     level: Annotated[str | None, typer.Option(help="Evaluate on another level (same observation size).")] = None,
     agents: Annotated[int, typer.Option(min=1, help="Episodes played in parallel.")] = 250,
-    seed: int = 12345,
-    device: str = "cpu",
+    seed: Annotated[int, typer.Option(min=0, help=SEED_HELP)] = 12345,
+    device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "cpu",
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Masked greedy evaluation at full difficulty, with the scripted policies beside it.
@@ -235,19 +374,16 @@ def eval_(
     """
     from townlet.train.evaluate import evaluate
 
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", SkippedCheckpointWarning)  # in the output instead
-            result = evaluate(run, episodes, level, agents, seed, device)
-    except (ConfigError, CheckpointError, FileNotFoundError) as e:
-        raise _fail(str(e)) from None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SkippedCheckpointWarning)  # in the output instead
+        result = evaluate(run, episodes, level, agents, seed, _device(device))
     if as_json:
         typer.echo(json.dumps(result))
         return
     for skipped in result["skipped_checkpoints"]:
-        console.print(f"[yellow]skipped[/yellow] {skipped['reason']}", highlight=False)
-    console.print(f"checkpoint: {result['checkpoint']} ({result['checkpoint_step']:,} agent-steps)", highlight=False)
-    table = Table(title=f"{result['level']}: {episodes} episodes, greedy at full difficulty")
+        _say(f"skipped {skipped['reason']}")
+    _say(f"checkpoint: {result['checkpoint']} ({result['checkpoint_step']:,} agent-steps)")
+    table = Table(title=Text(f"{result['level']}: {episodes} episodes, greedy at full difficulty"))
     for col in ("policy", "mean", "median", "p10", "95% CI", "cap rate", "died E/H", "invalid"):
         table.add_column(col, justify="left" if col == "policy" else "right")
     rows = [("agent", result)]
@@ -267,7 +403,7 @@ def eval_(
             if any(r["uses_per_episode"][a] >= 0.05 for name, r in rows if name != "random")]
     uses = Table(title="Uses per episode")
     for col in ("policy", *used):
-        uses.add_column(col, justify="left" if col == "policy" else "right")
+        uses.add_column(Text(col), justify="left" if col == "policy" else "right")
     for name, r in rows:
         uses.add_row(name, *(f"{r['uses_per_episode'][a]:.1f}" for a in used))
     console.print(uses)
@@ -292,14 +428,14 @@ def demo(
     """The main job: train L1_full for a few minutes, evaluate, write the report, and say where to look."""
     if out is None:
         out = DEMO_DIR if overwrite else fresh_demo_dir()
-    console.print(f"demo run directory: {out}", highlight=False)
+    _say(f"demo run directory: {out}")
     train(target="L1_full", minutes=minutes, out=out, overwrite=overwrite, agents=None, steps=None, seed=None,
           device=None, set_=None, resume=None, quiet=not sys.stdout.isatty())
     eval_(run=out, episodes=1000, level=None, agents=250, seed=12345, device="cpu", as_json=False)
     report(run=out, episodes=200, scripted_episodes=50, agents=250, seed=12345, device="cpu")
-    console.print(f"look at: {out / 'report' / 'summary.md'} (plots beside it), "
-                  f"tensorboard --logdir {out / 'tb'}, metrics in {out / 'metrics.sqlite'}", highlight=False)
-    console.print(f"watch it live: townlet serve {out}", highlight=False)
+    _say(f"look at: {out / 'report' / 'summary.md'} (plots beside it), "
+         f"tensorboard --logdir {out / 'tb'}, metrics in {out / 'metrics.sqlite'}")
+    _say(f"watch it live: townlet serve {out}")
 
 
 @app.command()
@@ -308,30 +444,27 @@ def report(
     episodes: Annotated[int, typer.Option(min=1, help="Greedy evaluation episodes.")] = 200,
     scripted_episodes: Annotated[int, typer.Option(min=1, help="Episodes per scripted reference policy.")] = 50,
     agents: Annotated[int, typer.Option(min=1, help="Episodes played in parallel.")] = 250,
-    seed: int = 12345,
-    device: str = "cpu",
+    seed: Annotated[int, typer.Option(min=0, help=SEED_HELP)] = 12345,
+    device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "cpu",
 ) -> None:
     """Plots (survival, return, ε/loss, causes of death, meters of one greedy episode, stage) and a Markdown
     summary with a greedy evaluation, written atomically into RUN/report/."""
-    from townlet.train.report import ReportError, build_report
+    from townlet.train.report import build_report
 
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", SkippedCheckpointWarning)  # in the output instead
-            result = build_report(run, episodes, scripted_episodes, seed, agents, device,
-                                  log=lambda msg: console.print(f"[dim]{msg}[/dim]"))
-    except (ReportError, ConfigError, CheckpointError) as e:
-        raise _fail(str(e)) from None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SkippedCheckpointWarning)  # in the output instead
+        result = build_report(run, episodes, scripted_episodes, seed, agents, _device(device),
+                              log=lambda msg: console.print(Text(msg, style="dim")))
     for _, why in result.skipped:
-        console.print(f"[yellow]skipped[/yellow] {why}", highlight=False)
+        _say(f"skipped {why}")
     if result.checkpoint is not None:
-        console.print(f"checkpoint evaluated: {result.checkpoint}", highlight=False)
+        _say(f"checkpoint evaluated: {result.checkpoint}")
     if result.greedy is not None:
-        console.print(f"greedy survival: mean {result.greedy['survival_mean']:.1f}, "
-                      f"median {result.greedy['survival_median']:.0f} ticks over {result.greedy['episodes']} episodes")
+        _say(f"greedy survival: mean {result.greedy['survival_mean']:.1f}, "
+             f"median {result.greedy['survival_median']:.0f} ticks over {result.greedy['episodes']} episodes")
     for path in result.files:
-        console.print(f"  {path}", highlight=False)
-    console.print(f"report written: {result.summary}")
+        _say(f"  {path}")
+    _say(f"report written: {result.summary}")
 
 
 @app.command()
@@ -343,22 +476,18 @@ def watch(
     seed: Annotated[int, typer.Option(min=0, help="World seed (spawn cell, layout).")] = 0,
     record: Annotated[Path | None, typer.Option(help="Write a GIF: start + 1 frame/tick.")] = None,
     display: Annotated[bool, typer.Option(help="Show the episode (live on a terminal, log lines otherwise).")] = True,
-    device: str = "cpu",
+    device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "cpu",
 ) -> None:
     """Watch one agent play a greedy episode: grid, meters, action, clock, survival and cause of death."""
-    from townlet.train.watch import WatchError
     from townlet.train.watch import watch as play
 
     if not display and record is None:
         raise _fail("--no-display without --record shows and writes nothing")
-    try:
-        result = play(run, level, speed, steps, seed, record, display, console, device)
-    except WatchError as e:
-        raise _fail(str(e)) from None
+    result = play(run, level, speed, steps, seed, record, display, console, _device(device))
     end = f"ended by {result.cause}" if result.cause else "still alive"
-    console.print(f"{result.level}: {result.ticks} ticks, {end}, return {result.episode_return:.1f}", highlight=False)
+    _say(f"{result.level}: {result.ticks} ticks, {end}, return {result.episode_return:.1f}")
     if result.record is not None:
-        console.print(f"recorded {result.frames} frames: {result.record}", highlight=False)
+        _say(f"recorded {result.frames} frames: {result.record}")
 
 
 @app.command()
@@ -366,7 +495,7 @@ def serve(
     target: Annotated[str, typer.Argument(help="A run directory (its newest checkpoint, reloaded when a newer one "
                                           "appears), a directory of runs (a page lists them; each opens on a "
                                           "click), a checkpoint file, or a level (name or YAML).")],
-    port: Annotated[int, typer.Option(min=0, max=65535)] = 8000,
+    port: Annotated[int, typer.Option(min=0, max=65535, help="Port to listen on; 0: any free one.")] = 8000,
     host: Annotated[str, typer.Option(help="Address to listen on; 0.0.0.0 shows the page to other machines.")]
     = "127.0.0.1",
     agents: Annotated[int, typer.Option(min=1, help="Agents in the world, each followable on the page.")] = 4,
@@ -374,18 +503,13 @@ def serve(
                                                "policy (a level's default: needs); switchable on the page.")] = None,
     speed: Annotated[int, typer.Option(min=1, max=60, help="Ticks per second at the start.")] = 10,
     seed: Annotated[int, typer.Option(min=0, help="World seed (spawn cells, layouts).")] = 0,
-    device: str = "cpu",
+    device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "cpu",
 ) -> None:
     """Watch agents live in the browser: a local web page with the town, the meters, the network's action
     values and memory, recent episodes, and controls (pause, step, speed, next episode, agent, policy)."""
-    from townlet.serve import ServeError
     from townlet.serve import serve as run_server
 
-    try:
-        run_server(target, host, port, agents, policy, speed, seed, device,
-                   echo=lambda line: console.print(line, highlight=False))
-    except ServeError as e:
-        raise _fail(str(e)) from None
+    run_server(target, host, port, agents, policy, speed, seed, _device(device), echo=_say)
 
 
 def main() -> None:  # pragma: no cover - console entry point

@@ -484,3 +484,39 @@ def test_exploration_aids_reach_what_replay_stores(tmp_path):
     assert torch.all(r[first] == 1.0)  # an episode's first situation is new to it
     counts = (1.0 / r**2).round()
     assert torch.allclose(r, counts.rsqrt()) and counts.max() > 1
+
+
+def test_overrides_refuse_a_key_that_is_both_a_value_and_a_section_and_keep_the_last_value():
+    for pairs in (["agents=1", "agents.x=2"], ["agents.x=2", "agents=1"], ["learner.lr=1", "learner.lr.x=2"]):
+        with pytest.raises(ConfigError, match="is set both as a value and as a section"):
+            parse_overrides(pairs)
+    for bad in ("=1", "learner..lr=1", "learner.lr", " =2", "a b=1"):
+        with pytest.raises(ConfigError, match="expected key=value with a dotted field name"):
+            parse_overrides([bad])
+    with pytest.raises(ConfigError, match=r"--set agents: cannot read the value '\[1' as YAML"):
+        parse_overrides(["agents=[1"])
+    assert parse_overrides(["seed=1", "seed=2", "learner.lr=1e-3", "learner.gamma=0.9"]) == {
+        "seed": 2, "learner": {"lr": 1e-3, "gamma": 0.9}}
+    assert parse_overrides(["device=nan", "guides.policy=inf"]) == {"device": "nan", "guides": {"policy": "inf"}}
+
+
+def test_a_level_file_trains_with_the_default_run_config_of_the_packaged_level_it_extends(tmp_path):
+    from townlet.train.config import level_file_defaults
+
+    mine = tmp_path / "mine.yaml"
+    mine.write_text("extends: L2_partial\nname: mine\nobservation: {vision_range: 3}\n")
+    deeper = tmp_path / "deeper.yaml"
+    deeper.write_text("extends: mine.yaml\nname: deeper\n")
+    alone = tmp_path / "alone.yaml"
+    alone.write_text((Path(__file__).parents[2] / "src/townlet/world/levels/L1_full.yaml").read_text()
+                     .replace("view: full", "view: partial"))
+    run = tmp_path / "run.yaml"
+    run.write_text("extends: L2_partial\nagents: 3\n")
+    only_extends = tmp_path / "only.yaml"
+    only_extends.write_text("extends: L2_partial\n")
+    assert [level_file_defaults(p) for p in (mine, deeper, alone, run, only_extends)] == [
+        "L2_partial", "L2_partial", "L2_partial", None, None]
+    config, default = load_run_config(deeper, {"agents": 4}), load_run_config("L2_partial")
+    assert config.level == str(deeper) and config.agents == 4
+    assert config.model_dump(exclude={"level", "agents"}) == default.model_dump(exclude={"level", "agents"})
+    assert load_run_config(run).agents == 3 and load_run_config(run).level == "L2_partial"

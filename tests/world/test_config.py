@@ -91,3 +91,64 @@ def test_unknown_level_name_lists_the_packaged_ones():
 )
 def test_hour_is_open(hours, hour, is_open):
     assert hour_is_open(hours, hour) == is_open
+
+
+@pytest.mark.parametrize(
+    ("text", "field", "allowed"),
+    [
+        ("move_cost: {energy: -0.005}\n", "move_cost.energy", "greater than or equal to 0"),
+        ("move_cost: {energy: 1.5}\n", "move_cost.energy", "less than or equal to 1"),
+        ("meters: {hygiene: {start: 1.0, drain: -0.01}}\n", "meters.hygiene.drain", "greater than or equal to 0"),
+        ("meters: {energy: {start: 0.0, terminal: true}}\n", "meters.energy", "allowed: (0, 1]"),
+        ("meters: {mood: {start: .nan}}\n", "meters.mood.start", "finite number"),
+        ("money_scale: .inf\n", "money_scale", "finite number"),
+        ("rewards: {milestone: {death: -.inf}}\n", "rewards.milestone.death", "finite number"),
+        ("affordances: [{name: Bed, position: [0, 0], effects: {energy: .nan}}]\n", "affordances.0.effects.energy",
+         "finite number"),
+        ("affordances: [{name: Bed, position: [0, 0], cost: -5}]\n", "affordances.0.cost", "greater than or equal to 0"),
+        ("affordances: [{name: Bed, position: [0, 0], cost: 500}]\n", "affordances.0.Bed.cost", "allowed: 0 to 100"),
+        ("affordances: [{name: '  ', position: [0, 0]}]\n", "affordances.0.name", "not blank"),
+        ("affordances: [{name: Bed, position: [0, 0], hours: [8, 30]}]\n", "affordances.0.Bed.hours", "allowed: 0 to 24"),
+        ("affordances: [{name: Bed, position: [0, 0], hours: [-1, 8]}]\n", "affordances.0.Bed.hours", "allowed: 0 to 24"),
+        ("affordances: [{name: Bed, position: [0, 0], ticks: 0}]\n", "affordances.0.ticks", "greater than or equal to 1"),
+        ("affordances: []\n", "affordances", "at least 1 item"),
+        ("cascades: [{source: mood, target: energy, strength: 0.1}, {source: mood, target: energy, strength: 0.2}]\n",
+         "cascades: mood -> energy given more than once", "one cascade"),
+        ("cascades: [{source: mood, target: energy, strength: 1.5}]\n", "cascades.0.strength", "less than or equal to 1"),
+        ("cascades: [{source: mood, target: energy, strength: 0.1, threshold: 0}]\n", "cascades.0.threshold",
+         "greater than 0"),
+        ("grid_size: 1\n", "grid_size", "greater than or equal to 2"),
+        ("grid_size: 65\n", "grid_size", "less than or equal to 64"),
+        ("max_steps: 10000000000\n", "max_steps", "less than or equal to 1000000"),
+        ("name: ''\n", "name", "at least 1 character"),
+        ("temporal: {day_length: 24, start_hour: -1}\n", "temporal.start_hour", "greater than or equal to 0"),
+        ("temporal: {day_length: 24, completion_bonus: 2}\n", "temporal.completion_bonus", "less than or equal to 1"),
+        ("modulation: {base: -0.1}\n", "modulation.base", "greater than or equal to 0"),
+        ("observation: {view: partial, vision_range: 10}\ngrid_size: 4\naffordances: [{name: Bed, position: [0, 0]}]\n",
+         "observation.vision_range", "allowed: 1 to 7"),
+    ],
+)
+def test_values_without_meaning_are_refused_naming_file_field_and_allowed_values(tmp_path, text, field, allowed):
+    path = write(tmp_path, "extends: L1_full\nname: x\n" + text)
+    with pytest.raises(ConfigError) as err:
+        load_level(path)
+    message = str(err.value)
+    assert message.startswith(f"{path}: invalid LevelConfig"), message
+    assert field in message and allowed in message, message
+    assert len(message) < 600, message  # never the whole level as "the value"
+
+
+def test_an_off_grid_affordance_or_bad_hours_is_not_followed_by_the_whole_level(tmp_path):
+    for text in ("grid_size: 4\n", "affordances: [{name: Bed, position: [0, 0], hours: [8, 99]}]\n"):
+        with pytest.raises(ConfigError) as err:
+            load_level(write(tmp_path, "extends: L1_full\nname: x\n" + text))
+        message = str(err.value)
+        assert len(message.splitlines()) == 2 and len(message) < 400, message
+
+
+def test_an_oversized_value_is_quoted_cut_short(tmp_path):
+    path = write(tmp_path, "extends: L1_full\nname: " + "n" * 300_000 + "\n")
+    with pytest.raises(ConfigError) as err:
+        load_level(path)
+    message = str(err.value)
+    assert "name: String should have at most 64 characters" in message and len(message) < 600

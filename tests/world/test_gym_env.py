@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import warnings
+from pathlib import Path
 
 import gymnasium
 import numpy as np
@@ -60,6 +64,29 @@ def test_make_with_module_prefix_and_make_vec_gives_native_vector_env() -> None:
     obs, _ = sync.reset(seed=0)
     assert obs.shape == (2, envs.single_observation_space.shape[0])
     sync.close()
+
+
+def test_a_fresh_interpreter_makes_an_env_with_the_townlet_prefix_without_importing_townlet() -> None:
+    """Gymnasium 1.x loads no entry-point plugins: `gymnasium.make("townlet:townlet/L1_full-v0")` imports the
+    package (which registers every level) by itself, and the bare id names the missing import."""
+    import townlet
+
+    script = (
+        "import sys, gymnasium\n"
+        "assert 'townlet' not in sys.modules\n"
+        "try:\n"
+        "    gymnasium.make('townlet/L1_full-v0')\n"
+        "except gymnasium.error.NamespaceNotFound:\n"
+        "    print('bare id: not registered yet')\n"
+        "env = gymnasium.make('townlet:townlet/L1_full-v0')\n"
+        "obs, _ = env.reset(seed=0)\n"
+        "print(type(env.unwrapped).__name__, obs.shape, gymnasium.make('townlet/L0_minimal-v0').spec.id)\n"
+    )
+    source = str(Path(townlet.__file__).parents[1])
+    env = {**os.environ, "PYTHONPATH": source + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split("\n")[:2] == ["bare id: not registered yet", "TownletEnv (87,) townlet/L0_minimal-v0"]
 
 
 # ---------------------------------------------------------------------------------------------- single agent

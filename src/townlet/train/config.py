@@ -7,25 +7,34 @@ field by its dotted path, validated like the file itself.
 
 from __future__ import annotations
 
+import re
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from townlet.config_files import (
+    MAX_EXTENDS,
     ConfigError,
     deep_merge,
     format_validation_error,
+    load_yaml_text,
+    quote,
     read_extended_yaml,
+    read_yaml,
     resolve_yaml_path,
+    yaml_problem,
 )
-from townlet.world.config import LEVEL_NAMES
+from townlet.devices import parse_device
+from townlet.world.config import LEVEL_NAMES, LevelConfig, level_path, load_level
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    """Unknown fields are errors, and so are NaN and infinity (YAML .nan, .inf)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class NetworkConfig(_Strict):
@@ -251,7 +260,7 @@ class RunConfig(_Strict):
         "or feedforward for the memory ablation); ppo: recurrent PPO (network.kind lstm or feedforward)",
     )
     seed: int = Field(default=0, ge=0)
-    device: str = "cpu"
+    device: str = Field(default="cpu", description="cpu, cuda, cuda:N or mps")
     agents: int = Field(default=64, ge=1)
     compile_world: bool = Field(
         default=False, description="torch.compile the world's step: faster steps after a compile at start",
@@ -269,6 +278,14 @@ class RunConfig(_Strict):
     curriculum: CurriculumConfig = CurriculumConfig()
     ppo: PPOConfig = PPOConfig()
     logging: LoggingConfig = LoggingConfig()
+
+    @field_validator("device")
+    @classmethod
+    def _device_name(cls, name: str) -> str:
+        # the name only: whether this machine has the device is checked where a run is built (a run trained on
+        # CUDA is still read, evaluated and reported on a CPU-only machine)
+        parse_device(name)
+        return name
 
     @model_validator(mode="after")
     def _check(self) -> RunConfig:
@@ -310,34 +327,51 @@ def run_config_path(level: str) -> Path:
     return Path(str(resources.files("townlet.train") / "configs" / f"{level}.yaml"))
 
 
+_KEY = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
+_NUMBER = re.compile(r"^[+-]?(\d[\d_]*\.?\d*|\.\d+)([eE][+-]?\d+)?$")
+
+
 def parse_overrides(pairs: list[str]) -> dict[str, Any]:
-    """`["learner.lr=1e-3", "agents=32"]` -> nested dict; values are read as YAML scalars/lists."""
+    """`["learner.lr=1e-3", "agents=32"]` -> nested dict; values are read as YAML scalars/lists. A key set
+    both as a value and as a section (`agents=1` with `agents.x=2`) is an error; a key given twice keeps the
+    last value, as command-line options do."""
     out: dict[str, Any] = {}
+    values: set[str] = set()  # the dotted keys given a value so far
     for pair in pairs:
-        if "=" not in pair:
-            raise ConfigError(f"--set {pair!r}: expected key=value, e.g. learner.lr=0.001")
-        key, raw = pair.split("=", 1)
+        key, sep, raw = pair.partition("=")
+        key = key.strip()
+        if not sep or not _KEY.match(key):
+            raise ConfigError(
+                f"--set {quote(pair)}: expected key=value with a dotted field name as the key, e.g. "
+                "--set learner.lr=0.001 (the fields: docs/training.md)")
         try:
-            value = yaml.safe_load(raw)
-        except yaml.YAMLError as e:
-            raise ConfigError(f"--set {key}: cannot read value {raw!r}: {e}") from None
+            value = load_yaml_text(raw)
+        except (yaml.YAMLError, ValueError) as e:
+            reason = yaml_problem(e, where=False) if isinstance(e, yaml.YAMLError) else f": {e}"
+            raise ConfigError(
+                f"--set {key}: cannot read the value {quote(raw)} as YAML{reason}; quote a text value, "
+                f"e.g. --set '{key}=\"...\"'") from None
+        parts = key.split(".")
+        prefixes = {".".join(parts[:i]) for i in range(1, len(parts))}
+        above, below = sorted(prefixes & values), sorted(v for v in values if v.startswith(key + "."))
+        if above or below:
+            section = above[0] if above else key
+            raise ConfigError(
+                f"--set {key}: {section} is set both as a value and as a section (--set {(above or below)[0]}=... "
+                f"and --set {key}=...); give one of them")
         node = out
-        parts = key.strip().split(".")
         for part in parts[:-1]:
             node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"--set {key}: {part} is set both as a value and as a section")
         node[parts[-1]] = _number_or_value(value)
+        values.add(key)
     return out
 
 
 def _number_or_value(value: Any) -> Any:
-    """YAML 1.1 reads `1e-3` as a string; a user typing it on the command line means the number."""
-    if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            return value
+    """YAML 1.1 reads `1e-3` as a string; a user typing it on the command line means the number. Words such as
+    `nan` or `inf` stay text (float() would read them)."""
+    if isinstance(value, str) and _NUMBER.match(value.strip()):
+        return float(value)
     return value
 
 
@@ -346,20 +380,53 @@ def _resolve_run_config_path(name_or_path: str, relative_to: Path | None = None)
     return resolve_yaml_path(name_or_path, relative_to, run_config_path, "run config")
 
 
+def level_file_defaults(path: Path | str) -> str | None:
+    """For a level YAML file (its own fields are all level fields, e.g. `name`, `grid_size`, `affordances`),
+    the packaged level whose default run config trains it: the nearest packaged level its `extends:` chain
+    reaches, else by its rules (L1_full for a full view, L3_temporal with a clock, L2_partial otherwise).
+    None for anything else (a run YAML, or a file holding only `extends:`)."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    level_fields, own = set(LevelConfig.model_fields), read_yaml(path)
+    keys = set(own) - {"extends"}
+    if not keys or not keys <= level_fields:
+        return None
+    current, parent = path, own.get("extends")
+    for _ in range(MAX_EXTENDS):
+        if not isinstance(parent, str):
+            break
+        if parent in LEVEL_NAMES:
+            return parent
+        current = resolve_yaml_path(parent, current.parent, level_path, "level")
+        parent = read_yaml(current).get("extends")
+    level = load_level(path)
+    if level.observation.view == "full":
+        return "L1_full"
+    return "L3_temporal" if level.temporal is not None else "L2_partial"
+
+
 def load_run_config(
     level_or_path: str | Path, overrides: dict[str, Any] | None = None, source_note: str = ""
 ) -> RunConfig:
     """The default run config of a packaged level, or a run YAML file, with overrides applied on top. Either
     may start with `extends: NAME_OR_PATH` (another level's default run config, or a run file) and override
-    only what it changes."""
+    only what it changes. A level YAML file is trained with the default run config `level_file_defaults`
+    picks, its `level:` that file."""
     text = str(level_or_path)
     path = _resolve_run_config_path(text)
-    data = read_extended_yaml(path, _resolve_run_config_path) if path.exists() else {}
-    if text in LEVEL_NAMES:
-        data.setdefault("level", text)
+    base = None if text in LEVEL_NAMES else level_file_defaults(path)
+    if base is not None:
+        data = {**read_extended_yaml(run_config_path(base), _resolve_run_config_path), "level": text}
+        source = f"{run_config_path(base)} (the default run config of {base}, for the level file {text})"
+    else:
+        data = read_extended_yaml(path, _resolve_run_config_path) if path.exists() else {}
+        if text in LEVEL_NAMES:
+            data.setdefault("level", text)
+        source = str(path)
     if overrides:
         data = deep_merge(data, overrides)
-    return load_run_config_data(data, f"{path}{' with ' + source_note if source_note else ''}")
+    return load_run_config_data(data, f"{source}{' with ' + source_note if source_note else ''}")
 
 
 def load_run_config_data(data: dict[str, Any], source: str) -> RunConfig:

@@ -3,6 +3,12 @@ figures the progress display shows.
 
 Episode ends are kept on the device as they happen and turned into rows only when the logbook is flushed
 (a log interval, a checkpoint, a progress refresh), so the loop never waits for the device.
+
+TensorBoard (`RUN/tb`) uses the tags CleanRL-style scripts write, so the charts are where RL users look:
+`charts/episodic_return` and `charts/episodic_length` (the mean over the episodes the network's agents finished
+in each log interval), `charts/SPS`, `charts/epsilon`, `charts/learning_rate`, `losses/td_loss` and
+`losses/q_values` (PPO: `losses/loss`, `losses/values` and its `losses/value_loss`, `policy_loss`, `entropy`,
+`approx_kl`, `clipfrac`), with the run config as text (`run_config`) and as hyperparameters (the HPARAMS tab).
 """
 
 from __future__ import annotations
@@ -12,9 +18,39 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
+import yaml
 from torch import Tensor
 
 from townlet.train.metrics import MetricsDB
+
+# learner-row column -> TensorBoard tag; `loss` and `q_mean` depend on the algorithm (LOSS_TAGS)
+TB_TAGS: dict[str, str] = {
+    "steps_per_s": "charts/SPS",
+    "epsilon": "charts/epsilon",
+    "grad_norm": "losses/grad_norm",
+    "survival_mean": "charts/survival_mean",
+    "survival_median": "charts/survival_median",
+    "stage_mean": "charts/curriculum_stage",
+    "episodes": "charts/episodes",
+    "updates": "charts/updates",
+    "wall_s": "charts/wall_seconds",
+    "intrinsic_weight": "charts/intrinsic_weight",
+    "intrinsic_reward": "charts/intrinsic_reward",
+}
+LOSS_TAGS: dict[str, dict[str, str]] = {
+    "q-learning": {"loss": "losses/td_loss", "q_mean": "losses/q_values"},
+    "ppo": {"loss": "losses/loss", "q_mean": "losses/values"},
+}
+# figures an algorithm's metrics() may give that the learner table has no column for: TensorBoard only
+EXTRA_TAGS: dict[str, str] = {
+    "learning_rate": "charts/learning_rate",
+    "value_loss": "losses/value_loss",
+    "policy_loss": "losses/policy_loss",
+    "entropy": "losses/entropy",
+    "approx_kl": "losses/approx_kl",
+    "clipfrac": "losses/clipfrac",
+}
+HPARAM_METRICS = ("charts/episodic_return", "charts/episodic_length", "charts/survival_mean")
 
 
 class EpisodeRow(NamedTuple):
@@ -51,10 +87,15 @@ class Logbook:
     lengths for progress, the lengths finished since the last interval (for curiosity's annealing), and
     the metrics files of `run_dir` (`open` before writing, `close` after)."""
 
-    def __init__(self, run_dir: Path, causes: tuple[str, ...], tensorboard: bool) -> None:
+    def __init__(
+        self, run_dir: Path, causes: tuple[str, ...], tensorboard: bool, run_config: dict[str, Any] | None = None
+    ) -> None:
         self.run_dir = Path(run_dir)
         self.causes = causes
         self.tensorboard = tensorboard
+        self.run_config = run_config  # the resolved run config (JSON-like), for TensorBoard's text and hparams
+        algorithm = (run_config or {}).get("algorithm")
+        self.tags = {**TB_TAGS, **LOSS_TAGS["ppo" if algorithm == "ppo" else "q-learning"]}
         self.pending: list[tuple[int, dict[str, Tensor]]] = []
         self.recent: list[int] = []  # lengths of the last 100 finished episodes
         self.interval_lengths: list[int] = []  # lengths finished since the last log interval
@@ -70,8 +111,8 @@ class Logbook:
             return
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.db = MetricsDB(self.run_dir / "metrics.sqlite")
-        purge = None
-        if not self._opened:
+        purge, first = None, not self._opened
+        if first:
             self.db.truncate_after(since)
             purge = since or None
         self._opened = True
@@ -79,6 +120,23 @@ class Logbook:
             from torch.utils.tensorboard import SummaryWriter
 
             self.writer = SummaryWriter(str(self.run_dir / "tb"), purge_step=purge)
+            if first and self.run_config is not None:  # once per session; hparams once per run
+                self._write_run_config(since, hparams=since == 0)
+
+    def _write_run_config(self, step: int, hparams: bool) -> None:
+        """The run config as TensorBoard text (indented: Markdown shows it as code) and, for a new run, as
+        hyperparameters with the episodic charts as their metrics."""
+        from torch.utils.tensorboard.summary import hparams as hparam_summaries
+
+        assert self.writer is not None and self.run_config is not None
+        text = yaml.safe_dump(self.run_config, sort_keys=False)
+        self.writer.add_text("run_config", "\n".join("    " + line for line in text.splitlines()), step)
+        if hparams:
+            values = {key: value if isinstance(value, bool | int | float | str) else str(value)
+                      for key, value in _flatten(self.run_config).items()}
+            writer = self.writer._get_file_writer()
+            for summary in hparam_summaries(values, dict.fromkeys(HPARAM_METRICS, 0.0)):
+                writer.add_summary(summary)
 
     def close(self) -> None:
         if self.db is not None:
@@ -141,15 +199,27 @@ class Logbook:
         recent = torch.tensor(self.recent, dtype=torch.float32)
         return recent.mean().item(), recent.median().item()
 
-    def write_interval(self, row: dict[str, float | None]) -> None:
-        """One learner row (keyed by the `learner` table's columns; `step` is the x axis) into both files."""
+    def write_interval(self, row: dict[str, float | None], extra: dict[str, float | None] | None = None) -> None:
+        """One learner row (keyed by the `learner` table's columns; `step` is the x axis) into both files, with
+        the interval's mean episodic return and length in TensorBoard; `extra`: figures for TensorBoard only
+        (those EXTRA_TAGS names, e.g. the learning rate; others are ignored)."""
         assert self.db is not None, "Logbook.open() first"
+        after = self.db.last_learner_step()
         self.db.add_learner(row)
         self.db.commit()
-        if self.writer is not None:
-            for key, value in row.items():
-                if key != "step" and value is not None:
-                    self.writer.add_scalar(f"train/{key}", value, row["step"])
+        if self.writer is None:
+            return
+        step = row["step"]
+        count, mean_return, mean_length = self.db.episode_means(int(after), int(step))
+        if count:
+            self.writer.add_scalar("charts/episodic_return", mean_return, step)
+            self.writer.add_scalar("charts/episodic_length", mean_length, step)
+        for key, value in row.items():
+            if key != "step" and value is not None:
+                self.writer.add_scalar(self.tags.get(key, f"charts/{key}"), value, step)
+        for key, value in (extra or {}).items():
+            if key in EXTRA_TAGS and value is not None:
+                self.writer.add_scalar(EXTRA_TAGS[key], value, step)
 
     def commit(self) -> None:
         if self.db is not None:
@@ -163,3 +233,14 @@ class Logbook:
         self.recent = list(state["recent"])
         self.interval_lengths = list(state["interval_lengths"])
         self.episodes_done = int(state["episodes_done"])
+
+
+def _flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"learner": {"lr": 1e-3}} -> {"learner.lr": 1e-3}: TensorBoard's hyperparameters are flat."""
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat

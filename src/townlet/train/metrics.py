@@ -97,6 +97,17 @@ class MetricsDB:
         with self._writing():
             self.conn.commit()
 
+    def last_learner_step(self) -> int:
+        """The agent-steps of the newest learner row (0 before the first)."""
+        return int(self.conn.execute("SELECT COALESCE(MAX(step), 0) FROM learner").fetchone()[0])
+
+    def episode_means(self, after: int, upto: int) -> tuple[int, float | None, float | None]:
+        """(count, mean return, mean length) of the episodes that ended in agent-steps (after, upto]."""
+        count, ret, length = self.conn.execute(
+            "SELECT COUNT(*), AVG(return), AVG(length) FROM episodes WHERE step > ? AND step <= ?", (after, upto)
+        ).fetchone()
+        return int(count), ret, length
+
     def truncate_after(self, step: int) -> None:
         with self._writing():
             self.conn.execute("DELETE FROM episodes WHERE step > ?", (step,))

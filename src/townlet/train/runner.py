@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from townlet.curriculum import AdversarialCurriculum, Curriculum, StaticCurriculum
+from townlet.devices import require_device
 from townlet.train.algos import Algorithm, Step, make_algorithm
 from townlet.train.checkpoint import FORMAT, RunDirError
 from townlet.train.config import RunConfig
@@ -46,7 +47,7 @@ class Components:
 def build_run(config: RunConfig, level: LevelConfig | None = None) -> Components:
     """The one place that turns a run config into the parts of a run (seeded: the same config, the same run).
     `level`: the level itself (a resumed run's own copy); None reads `config.level`."""
-    device = torch.device(config.device)
+    device = require_device(config.device, "device (run config)")
     torch.manual_seed(config.seed)
     level = level if level is not None else load_level(config.level)
     # actions come from a masked argmax, always in range: skip the per-step check (a host sync on CUDA)
@@ -82,7 +83,8 @@ class Trainer:
         self.level, self.world, self.curriculum, self.algorithm = (
             parts.level, parts.world, parts.curriculum, parts.algorithm)
         self.device = self.world.device
-        self.logbook = Logbook(self.run_dir, self.world.CAUSES, config.logging.tensorboard)
+        self.logbook = Logbook(self.run_dir, self.world.CAUSES, config.logging.tensorboard,
+                               run_config=config.model_dump(mode="json"))
         n = config.agents
         self.env_steps = 0
         self.resumed_at = 0  # agent-steps of the checkpoint this trainer started from
@@ -219,7 +221,7 @@ class Trainer:
             "survival_median": p.survival_median, "stage_mean": p.stage,
             **self.algorithm.end_interval(self.logbook.take_interval_lengths()),
         }
-        self.logbook.write_interval(row)
+        self.logbook.write_interval(row, extra=m)  # the learning rate, PPO's parts of the loss: TensorBoard
 
     def run(self, on_progress: Callable[[Progress], None] | None = None, progress_every_s: float = 1.0) -> Path:
         """Train until the budget is spent or a stop is requested; returns the last checkpoint's path. A run

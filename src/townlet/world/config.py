@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from townlet.config_files import ConfigError, format_validation_error, read_extended_yaml, resolve_yaml_path
+from townlet.config_files import ConfigError, format_validation_error, quote, read_extended_yaml, resolve_yaml_path
 
 METER_NAMES: tuple[str, ...] = (
     "energy",
@@ -35,13 +35,33 @@ LEVEL_NAMES: tuple[str, ...] = (
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    """Unknown fields are errors, and so are NaN and infinity (YAML .nan, .inf): no rule of the world means them."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+NAME_CHARS = 64  # names are shown in tables, plots and the live view
+
+
+def _visible_name(name: str) -> str:
+    """A level or affordance name must show: not blank, no spaces around it, no control characters."""
+    if not name.strip() or name != name.strip() or not name.isprintable():
+        raise ValueError("must be printable text, not blank and without spaces around it")
+    return name
 
 
 class MeterConfig(_Strict):
+    """A need in [0, 1]: where it starts, what it loses every tick, and whether reaching 0 ends the episode."""
+
     start: float = Field(ge=0.0, le=1.0)
     drain: float = Field(default=0.0, ge=0.0, le=1.0)
     terminal: bool = False
+
+    @model_validator(mode="after")
+    def _alive_at_start(self) -> MeterConfig:
+        if self.terminal and self.start == 0:
+            raise ValueError("start: a terminal meter that starts at 0 ends every episode at once; allowed: (0, 1]")
+        return self
 
 
 class ModulationConfig(_Strict):
@@ -66,12 +86,17 @@ class CascadeConfig(_Strict):
 class AffordanceConfig(_Strict):
     """A place to INTERACT with. `cost` and a `money` effect are in dollars; other effects in meter units."""
 
-    name: str = Field(min_length=1)
+    name: str = Field(min_length=1, max_length=NAME_CHARS)
     position: tuple[int, int] | None = None
     cost: float = Field(default=0.0, ge=0.0)
     effects: dict[MeterName, float] = Field(default_factory=dict)
     hours: tuple[int, int] | None = None
     ticks: int = Field(default=1, ge=1, le=100)
+
+    @field_validator("name")
+    @classmethod
+    def _name_is_visible(cls, name: str) -> str:
+        return _visible_name(name)
 
 
 class ObservationConfig(_Strict):
@@ -84,7 +109,7 @@ class TemporalConfig(_Strict):
     """Day/night clock: opening hours and multi-tick uses (the L3 rules)."""
 
     day_length: int = Field(default=24, ge=2, le=1000)
-    start_hour: int = Field(default=6, ge=0)
+    start_hour: int = Field(default=6, ge=0, le=999)
     completion_bonus: float = Field(default=0.25, ge=0.0, le=1.0)
 
 
@@ -117,10 +142,10 @@ class RewardConfig(_Strict):
 class LevelConfig(_Strict):
     """One level of the world. Defaults are the spec's numbers; a level YAML overrides what it changes."""
 
-    name: str = Field(min_length=1)
+    name: str = Field(min_length=1, max_length=NAME_CHARS)
     description: str = ""
     grid_size: int = Field(default=8, ge=2, le=64)
-    max_steps: int = Field(default=500, ge=1)
+    max_steps: int = Field(default=500, ge=1, le=1_000_000)
     layout: Literal["fixed", "random"] = "fixed"
     layout_pool: int = Field(default=16384, ge=1, le=1_000_000)
     observation: ObservationConfig = ObservationConfig()
@@ -128,10 +153,15 @@ class LevelConfig(_Strict):
     rewards: RewardConfig = RewardConfig()
     money_scale: float = Field(default=100.0, gt=0.0)
     meters: dict[MeterName, MeterConfig]
-    move_cost: dict[MeterName, float] = Field(default_factory=dict)
+    move_cost: dict[MeterName, Annotated[float, Field(ge=0.0, le=1.0)]] = Field(default_factory=dict)
     modulation: ModulationConfig = ModulationConfig()
     cascades: list[CascadeConfig] = Field(default_factory=list)
     affordances: list[AffordanceConfig] = Field(min_length=1)
+
+    @field_validator("name")
+    @classmethod
+    def _name_is_visible(cls, name: str) -> str:
+        return _visible_name(name)
 
     @model_validator(mode="after")
     def _check(self) -> LevelConfig:
@@ -143,7 +173,7 @@ class LevelConfig(_Strict):
         names = [a.name for a in self.affordances]
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
-            raise ValueError(f"affordances: duplicate names {dup}")
+            raise ValueError(f"affordances: duplicate names {quote(dup)}; every affordance needs a name of its own")
         if len(self.affordances) > self.grid_size**2:
             raise ValueError(
                 f"affordances: {len(self.affordances)} do not fit on a {self.grid_size}x{self.grid_size} grid"
@@ -154,27 +184,42 @@ class LevelConfig(_Strict):
                 x, y = aff.position
                 if not (0 <= x < self.grid_size and 0 <= y < self.grid_size):
                     raise ValueError(
-                        f"{where}.position: {aff.position} is off the grid; x and y must be in "
+                        f"{where}.position: {quote(aff.position)} is off the grid; x and y must be in "
                         f"[0, {self.grid_size - 1}]"
                     )
             elif self.layout == "fixed":
                 raise ValueError(f"{where}.position: required when layout is 'fixed'")
+            if aff.cost > self.money_scale:
+                raise ValueError(
+                    f"{where}.cost: ${aff.cost:g} can never be paid: an agent holds at most money_scale "
+                    f"${self.money_scale:g}; allowed: 0 to {self.money_scale:g}"
+                )
             if aff.hours is not None:
                 day = self.temporal.day_length if self.temporal else 24
                 if not all(0 <= h <= day for h in aff.hours):
-                    raise ValueError(f"{where}.hours: {aff.hours} must be hours in [0, {day}]")
+                    raise ValueError(f"{where}.hours: {quote(aff.hours)} must be hours of the day; allowed: 0 to {day}")
+        pairs = [(c.source, c.target) for c in self.cascades]
+        repeated = sorted({p for p in pairs if pairs.count(p) > 1})
+        if repeated:
+            raise ValueError(
+                f"cascades: {', '.join(f'{s} -> {t}' for s, t in repeated)} given more than once; give each "
+                "source and target one cascade (strengths would add up)"
+            )
         if self.layout == "fixed":
             cells = [a.position for a in self.affordances]
             clash = sorted({c for c in cells if cells.count(c) > 1})
             if clash:
-                raise ValueError(f"affordances: two affordances share the cell(s) {clash}")
+                raise ValueError(f"affordances: two affordances share the cell(s) {quote(clash)}")
         if self.temporal is not None and self.temporal.start_hour >= self.temporal.day_length:
             raise ValueError(
                 f"temporal.start_hour: {self.temporal.start_hour} must be < day_length "
                 f"{self.temporal.day_length}"
             )
         if self.observation.view == "partial" and 2 * self.observation.vision_range + 1 > 4 * self.grid_size:
-            raise ValueError("observation.vision_range: far larger than the grid")
+            raise ValueError(
+                f"observation.vision_range: {self.observation.vision_range} is far larger than the "
+                f"{self.grid_size}x{self.grid_size} grid; allowed: 1 to {(4 * self.grid_size - 1) // 2}"
+            )
         return self
 
     @property

@@ -4,13 +4,13 @@ The batched torch `World` is the fast path; these wrappers exist so that any Gym
 CleanRL-style scripts, wrappers from `gymnasium.wrappers`) can use a townlet level unchanged:
 
     import gymnasium
-    import townlet.world.gym_env  # registers townlet/<LEVEL>-v0 for every packaged level
 
-    env = gymnasium.make("townlet/L1_full-v0")                   # TownletEnv
+    env = gymnasium.make("townlet:townlet/L1_full-v0")            # TownletEnv
     envs = gymnasium.make_vec("townlet/L1_full-v0", num_envs=64)  # TownletVectorEnv: one World, 64 agents
 
-(`gymnasium.make("townlet.world.gym_env:townlet/L1_full-v0")` imports the module itself; Gymnasium >= 1.0 no
-longer loads the `gymnasium.envs` entry-point plugins, so the import or that prefix is needed.)
+The `townlet:` prefix makes Gymnasium import the package, which registers `townlet/<LEVEL>-v0` for every
+packaged level; after that (or after `import townlet`) the bare ids work. Gymnasium 1.x loads no entry-point
+plugins, so without the prefix or the import a bare id is not found.
 
 `TownletEnv` follows the single-agent contract: it does *not* auto-reset. When the episode ends, `step` returns
 the final observation with `terminated`/`truncated` and the caller calls `reset()`. The episode length limit is

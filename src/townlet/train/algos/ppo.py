@@ -56,7 +56,8 @@ class PPO:
 
     def metrics(self) -> dict[str, float | None]:
         s = self.learner.last_stats
-        out: dict[str, float | None] = {"updates": self.learner.updates, "epsilon": None}
+        out: dict[str, float | None] = {
+            "updates": self.learner.updates, "epsilon": None, "learning_rate": self.lr(self.env_steps)}
         for key in ("loss", "q_mean", "grad_norm", "entropy", "value_loss", "policy_loss", "approx_kl", "clipfrac"):
             out[key] = s[key].item() if key in s else None
         return out

@@ -174,6 +174,7 @@ class ValueLearning:
         out: dict[str, float | None] = {
             "updates": self.learner.updates,
             "epsilon": self.epsilon(self.env_steps),
+            "learning_rate": self.lr(self.env_steps),
             "loss": s["loss"].item() if "loss" in s else None,
             "q_mean": s["q_mean"].item() if "q_mean" in s else None,
             "grad_norm": s["grad_norm"].item() if "grad_norm" in s else None,
