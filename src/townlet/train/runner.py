@@ -8,6 +8,7 @@ continues exactly: the same weights and metrics as a run that was never interrup
 from __future__ import annotations
 
 import signal
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -178,7 +179,7 @@ class Trainer:
             extra={k: v for k in ("intrinsic_weight", "intrinsic_reward") if (v := m.get(k)) is not None},
         )
 
-    def _log_interval(self) -> None:
+    def _log_interval(self) -> dict[str, float | None]:
         p = self.progress()
         m = self.algorithm.metrics()
         row = {
@@ -189,12 +190,23 @@ class Trainer:
             **self.algorithm.end_interval(self.logbook.take_interval_lengths()),
         }
         self.logbook.write_interval(row)
+        return row
 
-    def run(self, on_progress: Callable[[Progress], None] | None = None, progress_every_s: float = 1.0) -> Path:
-        """Train until the budget is spent or a stop is requested; returns the last checkpoint's path."""
+    def run(
+        self, on_progress: Callable[[Progress], None] | None = None, progress_every_s: float = 1.0,
+        on_interval: Callable[[dict[str, float | None]], None] | None = None,
+    ) -> Path:
+        """Train until the budget is spent or a stop is requested; returns the last checkpoint's path.
+
+        `on_interval` gets each log interval's learner row (the `learner` table's columns) as it is written, for
+        whatever follows the run from outside (a sweep's scheduler, say).
+        """
         write_run_files(self.run_dir, self.config, self.level)
         self.logbook.open(self.resumed_at)
-        previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+        # Ctrl-C and SIGTERM stop with a checkpoint; only the main thread may set handlers (a Ray Tune trial
+        # runs in another thread, and stops through request_stop)
+        main = threading.current_thread() is threading.main_thread()
+        previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)} if main else {}
         for s in previous:
             signal.signal(s, self.request_stop)
         self._started, self._start_steps = time.perf_counter(), self.env_steps
@@ -205,7 +217,9 @@ class Trainer:
                 self.algorithm.update()
                 if self.env_steps >= self.next_log:
                     self.next_log += self.config.logging.interval_steps
-                    self._log_interval()
+                    row = self._log_interval()
+                    if on_interval is not None:
+                        on_interval(row)
                 if self.env_steps >= self.next_checkpoint:
                     self.next_checkpoint += self.config.logging.checkpoint_every
                     self.save()
