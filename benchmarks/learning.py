@@ -9,7 +9,7 @@ cap; L2_partial_fixed 10 min / 10 M -> mean >= 450; L2_partial 15 min / 20 M -> 
 20 min / 25 M -> mean >= 350. The baseline beside each row is the random policy, on the same episodes.
 
     python benchmarks/learning.py LEVEL|all [--budget time|steps] [--seeds 3] [--episodes 1000]
-        [--demonstrations] [--out benchmarks/results]
+        [--demonstrations] [--out benchmarks/results] [--concurrent 1] [--address ray://host:10001]
 
 `--demonstrations` trains the levels' learning-from-demonstrations run configs (`<level>_demonstrations`:
 imitating a scripted policy) instead, into their own table (`learning-demonstrations.md`).
@@ -17,6 +17,10 @@ imitating a scripted policy) instead, into their own table (`learning-demonstrat
 Training one level or budget keeps the other rows' runs from the results JSON already there, so the table stays
 whole; each run records when it finished. `--replot` rewrites the Markdown and the plots from an earlier
 results JSON without training.
+
+The runs are Ray Tune trials (`townlet.train.sweep`), one at a time by default: a wall-clock budget is what one
+run gets from the whole machine, and `--concurrent K` runs share its cores. `--address` runs them on a Ray
+cluster instead (every node must see the `--runs` directory).
 """
 
 from __future__ import annotations
@@ -24,11 +28,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from townlet.train.config import parse_overrides
-from townlet.train.experiment import Goal, Trial, budget_label, run_trial, summarize, write_results
+from townlet.train.experiment import Goal, Trial, budget_label, summarize, write_results
+from townlet.train.sweep import SweepOutcome, run_trials
 from townlet.world import load_level, scripted_stats
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -72,7 +78,8 @@ def kept_records(path: Path, levels: list[str], budget: str, rerun: list[int]) -
     return [r for r in json.loads(path.read_text())["runs"] if r["name"] in BUDGETS and not repeated(r)]
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, execute: Callable[..., SweepOutcome] = run_trials) -> int:
+    """`execute(trials, runs_dir, **options)` trains and evaluates the trials (`townlet.train.sweep.run_trials`)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("level", choices=[*BUDGETS, "all"])
     parser.add_argument("--budget", choices=["time", "steps"], default="time")
@@ -92,6 +99,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--replot", action="store_true", help="re-render STEM.md and the plots from STEM.json")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a run-config field in every run, as `townlet train --set` (recorded)")
+    parser.add_argument("--concurrent", type=int, default=1,
+                        help="runs at once (default 1: each gets the whole machine, as the wall-clock budgets assume)")
+    parser.add_argument("--address", default=None, help="run on this Ray cluster (auto, ray://host:10001)")
     args = parser.parse_args(argv)
     stem = args.stem or ("learning-demonstrations" if args.demonstrations else "learning")
     title = "Learning from demonstrations" if args.demonstrations else "Learning from the level's reward"
@@ -109,22 +119,31 @@ def main(argv: list[str] | None = None) -> int:
     overrides = parse_overrides(args.overrides)
     if any(not 0 <= seed < args.seeds for seed in args.rerun):
         parser.error(f"--rerun: seeds must be among the --seeds 0 .. {args.seeds - 1}, got {args.rerun}")
+    if args.concurrent < 1:
+        parser.error(f"--concurrent: at least 1, got {args.concurrent}")
     records = kept_records(args.out / f"{stem}.json", levels, args.budget, args.rerun)
+    trials = []
     for level in levels:
         budget = BUDGETS[level]
         config = DEMONSTRATIONS[level] if args.demonstrations else level
         for seed in sorted(set(args.rerun)) or range(args.seeds):
             if args.budget == "time":
-                trial = Trial(level, config, seed, args.minutes or budget.minutes, overrides)
+                trials.append(Trial(level, config, seed, args.minutes or budget.minutes, overrides))
             else:
-                trial = Trial(level, config, seed, None, overrides, steps=args.steps or budget.steps)
-            print(f"{config} seed {seed}: training {budget_label(vars(trial))} ...", flush=True)
-            record = run_trial(trial, args.runs, episodes=args.episodes, machine_speed=machine_speed)
-            ev = record["eval"]
-            print(f"  greedy mean {ev['survival_mean']:.1f}, cap rate {ev['cap_rate']:.1%}, "
-                  f"{record['env_steps']:,} steps in {record['train_s'] / 60:.1f} min, {record['updates']:,} updates",
-                  flush=True)
-            records.append(record)
+                trials.append(Trial(level, config, seed, None, overrides, steps=args.steps or budget.steps))
+            print(f"{config} seed {seed}: training {budget_label(vars(trials[-1]))}", flush=True)
+    outcome = execute(trials, args.runs, episodes=args.episodes, concurrent=args.concurrent, address=args.address,
+                      before_training=machine_speed)
+    for record in outcome.records:
+        ev = record["eval"]
+        print(f"{record['level']} seed {record['seed']}: greedy mean {ev['survival_mean']:.1f}, cap rate "
+              f"{ev['cap_rate']:.1%}, {record['env_steps']:,} steps in {record['train_s'] / 60:.1f} min, "
+              f"{record['updates']:,} updates", flush=True)
+    for failed in outcome.failed:
+        print(f"{failed['level']} seed {failed['seed']}: FAILED: {failed['error']}", flush=True)
+    records += outcome.records
+    if not records:
+        return 1
     records.sort(key=lambda r: (list(BUDGETS).index(r["name"]), r.get("steps") is not None, r["seed"]))
     rows = summarize(records, {level: b.goal for level, b in BUDGETS.items()})
     for row in rows:
@@ -134,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     command = "python benchmarks/learning.py " + " ".join(argv if argv is not None else sys.argv[1:])
     for path in write_results(args.out, stem, title, records, rows, command, notes=baseline_note(rows)):
         print(f"wrote {path}")
-    return 0
+    return 1 if outcome.failed else 0
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ also give each recurrent agent's survival with its memory wiped before every ste
 on the current observation alone), which says how much the trained agent itself relies on what it remembers.
 
     python benchmarks/memory_ablation.py [--level L2_partial] [--minutes 15 | --steps 20000000] [--seeds 1]
-        [--episodes 1000] [--lstm-from benchmarks/results/learning.json]
+        [--episodes 1000] [--lstm-from benchmarks/results/learning.json] [--concurrent 1] [--address ADDRESS]
 
 Every variant learns from the level's reward alone when the level's default run config does (it is the
 `lstm` variant; the others change only the memory).
@@ -20,6 +20,10 @@ Every variant learns from the level's reward alone when the level's default run 
 again: those are the same default config, level, seeds and budget (checked), so this saves one run per seed.
 `--rerun SEED` trains only that seed (repeatable) and keeps the other seeds' runs of every variant from the
 level's earlier results file, so a seed can be added without retraining the others.
+
+The runs are Ray Tune trials (`townlet.train.sweep`), one at a time by default (a wall-clock budget is what one
+run gets from the whole machine); `--concurrent K` runs share its cores, and `--address` runs them on a Ray
+cluster (every node must see the `--runs` directory).
 """
 
 from __future__ import annotations
@@ -27,13 +31,15 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from townlet.config_files import deep_merge
 from townlet.train import open_run
 from townlet.train.config import parse_overrides
 from townlet.train.evaluate import greedy_stats
-from townlet.train.experiment import Trial, budget_label, run_trial, summarize, write_results
+from townlet.train.experiment import Trial, budget_label, summarize, write_results
+from townlet.train.sweep import SweepOutcome, run_trials
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from world_throughput import machine_speed  # sibling benchmark script
@@ -83,7 +89,8 @@ def memory_wiped_note(records: list[dict]) -> str:
             "observation alone): " + "; ".join(parts) + ".")
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, execute: Callable[..., SweepOutcome] = run_trials) -> int:
+    """`execute(trials, runs_dir, **options)` trains and evaluates the trials (`townlet.train.sweep.run_trials`)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--level", default="L2_partial")
     parser.add_argument("--minutes", type=float, default=None, help="wall-clock budget (default 15)")
@@ -98,6 +105,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="of the --seeds, train only this one (repeatable); keep the others' recorded runs")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a run-config field in every variant, as `townlet train --set`")
+    parser.add_argument("--concurrent", type=int, default=1,
+                        help="runs at once (default 1: each gets the whole machine, as the wall-clock budgets assume)")
+    parser.add_argument("--address", default=None, help="run on this Ray cluster (auto, ray://host:10001)")
     args = parser.parse_args(argv)
     if args.minutes is not None and args.steps is not None:
         parser.error("give one budget: --minutes or --steps")
@@ -105,6 +115,8 @@ def main(argv: list[str] | None = None) -> int:
         args.minutes = 15.0
     if any(not 0 <= seed < args.seeds for seed in args.rerun):
         parser.error(f"--rerun: seeds must be among the --seeds 0 .. {args.seeds - 1}, got {args.rerun}")
+    if args.concurrent < 1:
+        parser.error(f"--concurrent: at least 1, got {args.concurrent}")
     extra = parse_overrides(args.overrides)
     stem = f"memory-ablation-{args.level}"
     kept = kept_records(args.out / f"{stem}.json", args.level, args.minutes, args.rerun, args.steps)
@@ -115,25 +127,35 @@ def main(argv: list[str] | None = None) -> int:
             same_budget = run["minutes"] == args.minutes and run.get("steps") == args.steps
             if run["level"] == args.level and same_budget and run["overrides"] == extra:
                 reused[run["seed"]] = {**run, "name": "lstm"}
-    records = []
+    planned: list[dict | Trial] = []  # in table order: recorded runs kept as they are, and runs to train
     for seed in range(args.seeds):
         for name in args.variants:
             if args.rerun and seed not in args.rerun:
                 if (name, seed) not in kept:
                     parser.error(f"--rerun: no recorded {name} run of seed {seed} in {args.out / (stem + '.json')}")
                 print(f"{name} seed {seed}: keeping {kept[name, seed]['run_dir']}", flush=True)
-                records.append(kept[name, seed])
+                planned.append(kept[name, seed])
                 continue
             if name == "lstm" and seed in reused:
                 print(f"lstm seed {seed}: reusing {reused[seed]['run_dir']} from {args.lstm_from}", flush=True)
-                records.append(reused[seed])
+                planned.append(reused[seed])
                 continue
             trial = Trial(name, args.level, seed, args.minutes, deep_merge(extra, VARIANTS[name]), args.steps)
-            print(f"{name} seed {seed}: training {args.level} for {budget_label(vars(trial))} ...", flush=True)
-            record = run_trial(trial, args.runs, episodes=args.episodes, machine_speed=machine_speed)
-            print(f"  greedy mean {record['eval']['survival_mean']:.1f}, {record['env_steps']:,} steps, "
-                  f"{record['updates']:,} updates", flush=True)
-            records.append(record)
+            print(f"{name} seed {seed}: training {args.level} for {budget_label(vars(trial))}", flush=True)
+            planned.append(trial)
+    trials = [p for p in planned if isinstance(p, Trial)]
+    outcome = execute(trials, args.runs, episodes=args.episodes, concurrent=args.concurrent, address=args.address,
+                      before_training=machine_speed) if trials else SweepOutcome()
+    trained = {(r["name"], r["seed"]): r for r in outcome.records}
+    for record in outcome.records:
+        print(f"{record['name']} seed {record['seed']}: greedy mean {record['eval']['survival_mean']:.1f}, "
+              f"{record['env_steps']:,} steps, {record['updates']:,} updates", flush=True)
+    for failed in outcome.failed:
+        print(f"{failed['name']} seed {failed['seed']}: FAILED: {failed['error']}", flush=True)
+    records = [p if isinstance(p, dict) else trained[p.name, p.seed] for p in planned
+               if isinstance(p, dict) or (p.name, p.seed) in trained]
+    if not records:
+        return 1
     for record in records:
         fill_memory_wiped(record)
     rows = summarize(records)
@@ -150,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     command = "python benchmarks/memory_ablation.py " + " ".join(argv if argv is not None else sys.argv[1:])
     for path in write_results(args.out, stem, "Memory ablation", records, rows, command, means, notes):
         print(f"wrote {path}")
-    return 0
+    return 1 if outcome.failed else 0
 
 
 if __name__ == "__main__":

@@ -358,6 +358,63 @@ def _run_with_display(trainer, quiet: bool):
     return last[0]
 
 
+@app.command()
+def sweep(
+    target: Annotated[str | None, typer.Argument(help="A level name (its default run config) or a run YAML.")] = None,
+    seeds: Annotated[int, typer.Option(min=1, help="Seeds 0 .. N-1 of every setting.")] = 5,
+    grid: Annotated[list[str] | None, typer.Option(help="key=v1,v2,...: the values of one field; every "
+                                                   "combination of the --grid fields is a setting.")] = None,
+    minutes: Annotated[float | None, typer.Option(min=0.01, help="Wall-clock budget of each trial.")] = None,
+    steps: Annotated[int | None, typer.Option(min=1, help="Agent-step budget of each trial.")] = None,
+    concurrent: Annotated[int | None, typer.Option(min=1, help="Trials at once (default: one per CPU).")] = None,
+    out: Annotated[Path | None, typer.Option(help="Sweep directory (default sweeps/<config>-<time>).")] = None,
+    address: Annotated[str | None, typer.Option(help="Join this Ray cluster (auto, ray://host:10001) instead of "
+                                                "starting Ray here.")] = None,
+    scheduler: Annotated[str | None, typer.Option(help="asha: stop poor settings early on training survival.")]
+    = None,
+    episodes: Annotated[int, typer.Option(min=1, help="Greedy evaluation episodes per trial.")] = 1000,
+    retries: Annotated[int, typer.Option(min=0, help="Restart a dead trial (from its checkpoint) this often.")] = 0,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override a field in every trial: key=value.")]
+    = None,
+    resume: Annotated[Path | None, typer.Option(help="Continue this sweep directory: finished trials are kept, "
+                                                "the others continue from their checkpoints.")] = None,
+) -> None:
+    """Train every --grid setting × seed as a Ray Tune trial, each an ordinary run directory; then a results table
+    (greedy and training survival, mean ± 95% CI across seeds, best first) and a plot. See docs/sweep.md."""
+    from rich.markup import escape
+
+    from townlet.train import sweep as sweeps
+
+    try:
+        if resume is not None:
+            if target is not None or grid or set_ or minutes is not None or steps is not None or scheduler:
+                raise sweeps.SweepError("--resume continues the sweep as planned; give no config, --grid, --set, "
+                                        "budget or --scheduler with it")
+            sweep_dir = resume
+            plan, trials = sweeps.read_plan(sweep_dir)
+        else:
+            if target is None:
+                raise sweeps.SweepError("give a level or run YAML to sweep, or --resume SWEEP_DIR")
+            sweep_dir = out or Path("sweeps") / f"{Path(target).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+            plan, trials = sweeps.plan_sweep(sweep_dir, target, seeds, grid or [], set_ or [], minutes, steps,
+                                             episodes, scheduler)
+        console.print(f"sweep {plan['config']}: {len(trials)} trials -> {sweep_dir}", highlight=False)
+        outcome, files = sweeps.sweep(sweep_dir, plan, trials, resume=resume is not None, concurrent=concurrent,
+                                      address=address, retries=retries,
+                                      log=lambda line: console.print(line, highlight=False))
+    except (ConfigError, sweeps.SweepError) as e:
+        raise _fail(escape(str(e))) from None
+    for r in outcome.failed:
+        console.print(f"failed: {r['name']} seed {r['seed']}: {r['error']}", markup=False, highlight=False)
+    for path in files:
+        console.print(f"  {path}", highlight=False)
+    console.print(f"results: {sweep_dir / sweeps.RESULTS_MD}", highlight=False)
+    if outcome.failed:
+        console.print(f"{len(outcome.failed)} trial(s) failed; run them again with: townlet sweep --resume "
+                      f"{sweep_dir}", highlight=False)
+        raise typer.Exit(1)
+
+
 @app.command("eval")
 def eval_(
     run: Annotated[Path, typer.Argument(help="A run directory (its newest checkpoint) or a checkpoint file.")],

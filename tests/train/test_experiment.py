@@ -1,5 +1,6 @@
 """Timed experiments: the statistics of the results table, and the two benchmark scripts end to end on tiny
-budgets (files written, numbers consistent with the runs they came from)."""
+budgets (files written, numbers consistent with the runs they came from). The scripts hand their runs to the
+sweep (`townlet.train.sweep.run_trials`, tested on Ray in test_sweep.py); here they run in this process."""
 
 from __future__ import annotations
 
@@ -15,12 +16,15 @@ import pytest
 from tests.train.runs import make_run
 from townlet.train.experiment import (
     Goal,
+    Trial,
     markdown_table,
     record_curve,
+    run_trial,
     summarize,
     training_curve,
     write_results,
 )
+from townlet.train.sweep import SweepOutcome
 
 BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 FAST = ["--set", "compile_world=false"]  # a 2-second budget has no room for compiling the world
@@ -34,6 +38,19 @@ def load_script(name: str) -> ModuleType:
     sys.modules[name] = module  # dataclasses look their module up while the script runs
     spec.loader.exec_module(module)
     return module
+
+
+class InProcess:
+    """Trains the trials a benchmark hands to the sweep one after another in this process, and keeps what it was
+    handed (the trials, their runs directory and the sweep's options)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[list[Trial], Path, dict]] = []
+
+    def __call__(self, trials: list[Trial], runs_dir: Path, **options: object) -> SweepOutcome:
+        self.calls.append((list(trials), Path(runs_dir), options))
+        return SweepOutcome(records=[run_trial(t, runs_dir, episodes=options["episodes"],
+                                               machine_speed=options["before_training"]) for t in trials])
 
 
 def record(name: str, seed: int, mean: float, cap: float = 0.0, ci: tuple[float, float] = (0.0, 0.0)) -> dict:
@@ -80,9 +97,15 @@ def test_rerunning_seeds_keeps_the_other_seeds_and_levels(tmp_path: Path) -> Non
 def test_learning_benchmark_then_memory_ablation_reusing_its_lstm_run(tmp_path: Path) -> None:
     out, runs = tmp_path / "results", tmp_path / "runs"
     learning = load_script("learning")
+    execute = InProcess()
     code = learning.main(["L2_partial_fixed", "--seeds", "1", "--budget", "steps", "--steps", "6000",
-                          "--episodes", "20", "--out", str(out), "--runs", str(runs), *FAST, *SMALL])
+                          "--episodes", "20", "--out", str(out), "--runs", str(runs), *FAST, *SMALL], execute)
     assert code == 0
+    ((trials, runs_dir, options),) = execute.calls  # the runs, as the sweep's trials
+    assert trials == [Trial("L2_partial_fixed", "L2_partial_fixed", 0, None, {
+        "compile_world": False, "agents": 16, "learner": {"learning_starts": 500}, "logging": {"interval_steps": 1000}},
+        steps=6000)]
+    assert runs_dir == runs and options["concurrent"] == 1 and options["address"] is None
     data = json.loads((out / "learning.json").read_text())
     (row,) = data["rows"]
     (run,) = data["runs"]
@@ -101,8 +124,11 @@ def test_learning_benchmark_then_memory_ablation_reusing_its_lstm_run(tmp_path: 
         assert run["yardstick_steps_per_s"] > 1000
         assert f"L2_partial_fixed seed 0 {run['yardstick_steps_per_s']:,.0f}" in md
     # training another level keeps this one's run: the table stays whole
-    assert learning.main(["L1_full", "--seeds", "1", "--minutes", "0.02", "--episodes", "10",
-                          "--out", str(out), "--runs", str(runs), *FAST]) == 0
+    assert learning.main(["L1_full", "--seeds", "1", "--minutes", "0.02", "--episodes", "10", "--concurrent", "2",
+                          "--address", "auto", "--out", str(out), "--runs", str(runs), *FAST], execute) == 0
+    trials, _, options = execute.calls[-1]
+    assert [(t.name, t.seed, t.minutes, t.steps) for t in trials] == [("L1_full", 0, 0.02, None)]
+    assert options["concurrent"] == 2 and options["address"] == "auto"
     both = json.loads((out / "learning.json").read_text())
     assert [(r["level"], r["steps"]) for r in both["rows"]] == [("L1_full", None), ("L2_partial_fixed", 6000)]
     assert both["runs"][1] == run and both["runs"][1]["env_steps"] >= 6000
@@ -110,8 +136,13 @@ def test_learning_benchmark_then_memory_ablation_reusing_its_lstm_run(tmp_path: 
 
     ablation = load_script("memory_ablation")
     code = ablation.main(["--level", "L2_partial_fixed", "--steps", "6000", "--episodes", "10", "--out", str(out),
-                          "--runs", str(runs), "--lstm-from", str(out / "learning.json"), *FAST, *SMALL])
+                          "--runs", str(runs), "--lstm-from", str(out / "learning.json"), *FAST, *SMALL], execute)
     assert code == 0
+    trials, _, _ = execute.calls[-1]  # the lstm run is reused: only the two ablations train
+    assert [(t.name, t.level, t.seed, t.steps) for t in trials] == [
+        ("no-memory", "L2_partial_fixed", 0, 6000), ("zero-state", "L2_partial_fixed", 0, 6000)]
+    assert trials[0].overrides["network"] == {"kind": "feedforward"}
+    assert trials[1].overrides["replay"] == {"stored_state": False, "burn_in": 0}
     data = json.loads((out / "memory-ablation-L2_partial_fixed.json").read_text())
     assert [r["name"] for r in data["rows"]] == ["lstm", "no-memory", "zero-state"]
     lstm_run = data["runs"][0]
@@ -139,8 +170,10 @@ def test_learning_benchmark_then_memory_ablation_reusing_its_lstm_run(tmp_path: 
     assert "memory_wiped" not in gone["eval"] and ablation.memory_wiped_note([gone]) == ""
     # adding a seed keeps seed 0's recorded run and trains only the new one
     code = ablation.main(["--level", "L2_partial_fixed", "--steps", "6000", "--episodes", "10", "--out", str(out),
-                          "--runs", str(runs), "--variants", "no-memory", "--seeds", "2", "--rerun", "1", *FAST, *SMALL])
+                          "--runs", str(runs), "--variants", "no-memory", "--seeds", "2", "--rerun", "1", *FAST, *SMALL],
+                         execute)
     assert code == 0
+    assert [(t.name, t.seed) for t in execute.calls[-1][0]] == [("no-memory", 1)]
     again = json.loads((out / "memory-ablation-L2_partial_fixed.json").read_text())
     assert [(r["name"], r["seed"]) for r in again["runs"]] == [("no-memory", 0), ("no-memory", 1)]
     assert again["runs"][0] == data["runs"][1] and again["runs"][1]["run_dir"] != data["runs"][1]["run_dir"]

@@ -10,6 +10,7 @@ import json
 import math
 import os
 import platform
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -20,9 +21,11 @@ import numpy as np
 import torch
 
 from townlet.train.checkpoint import atomic_write, atomic_write_text
-from townlet.train.config import load_run_config
+from townlet.train.config import RunConfig, load_run_config
 from townlet.train.evaluate import evaluate
+from townlet.train.logbook import Progress
 from townlet.train.metrics import read_metrics
+from townlet.train.rundir import CHECKPOINTS, list_checkpoints, open_run
 from townlet.train.runner import Trainer
 from townlet.world.evaluate import mean_ci95
 
@@ -74,38 +77,69 @@ def budget_label(record: dict[str, Any]) -> str:
 _NOT_RESULTS = ("checkpoint", "checkpoint_step", "skipped_checkpoints", "level")  # where, not how well
 
 
+def trial_config(trial: Trial) -> RunConfig:
+    """The resolved run config of `trial`: its run config with its overrides, seed and budget."""
+    overrides = {**trial.overrides, "seed": trial.seed, "minutes": trial.minutes, "steps": trial.steps}
+    return load_run_config(trial.level, overrides, source_note="experiment overrides")
+
+
 def run_trial(
     trial: Trial, runs_dir: Path, episodes: int = 1000, eval_seed: int = 12345,
     machine_speed: Callable[[int], float | None] | None = None,
 ) -> dict[str, Any]:
-    """Train `trial` from scratch (an old run directory of the same name is replaced) and evaluate it.
-
-    `machine_speed(agents)`, measured just before training, is recorded as `yardstick_steps_per_s`: a
-    wall-clock budget buys as much compute as the machine gives at that moment, so results say how fast it was.
-    """
-    overrides = {**trial.overrides, "seed": trial.seed, "minutes": trial.minutes, "steps": trial.steps}
-    config = load_run_config(trial.level, overrides, source_note="experiment overrides")
-    speed = machine_speed(config.agents) if machine_speed is not None else None
+    """Train `trial` from scratch in this process (an old run directory of the same name is replaced) and
+    evaluate it; the record of `train_and_evaluate`."""
     run_dir = Path(runs_dir) / trial.run_name
     if run_dir.exists():
-        import shutil
-
         shutil.rmtree(run_dir)
-    trainer = Trainer(config, run_dir)
-    start = time.perf_counter()
-    trainer.run()
-    train_s = time.perf_counter() - start
+    return train_and_evaluate(trial, run_dir, trial_config(trial), episodes, eval_seed, machine_speed)
+
+
+def train_and_evaluate(
+    trial: Trial, run_dir: Path, config: RunConfig, episodes: int = 1000, eval_seed: int = 12345,
+    machine_speed: Callable[[int], float | None] | None = None,
+    on_interval: Callable[[dict[str, float | None]], None] | None = None,
+) -> dict[str, Any]:
+    """Train `trial` (resolved as `config`) in `run_dir`, continuing from its newest checkpoint if it has one,
+    evaluate the greedy agent over `episodes` episodes, and return the trial's record.
+
+    A wall-clock budget counts every session of the run, so a trial resumed after a crash trains only for what
+    its budget has left. `machine_speed(agents)`, measured just before training, is recorded as
+    `yardstick_steps_per_s`: a wall-clock budget buys as much compute as the machine gives at that moment, so
+    results say how fast it was. `on_interval` gets each log interval's learner row.
+    """
+    run_dir = Path(run_dir)
+    resumed_from = None
+    if list_checkpoints(run_dir / CHECKPOINTS):
+        trainer = open_run(run_dir).resume()
+        resumed_from = trainer.env_steps
+    else:
+        if run_dir.exists():  # killed before its first checkpoint: nothing to continue from
+            shutil.rmtree(run_dir)
+        trainer = Trainer(config, run_dir)
+    speed = machine_speed(config.agents) if machine_speed is not None else None
+    budget_s = config.minutes * 60 if config.minutes is not None and config.steps is None else None
+
+    def stop_at_budget(p: Progress) -> None:
+        if budget_s is not None and p.elapsed_s >= budget_s:
+            trainer.request_stop()
+
+    spent = budget_s is not None and trainer.elapsed_before >= budget_s
+    if not spent:
+        trainer.run(on_progress=stop_at_budget, progress_every_s=0.5, on_interval=on_interval)
     result = evaluate(run_dir, episodes=episodes, seed=eval_seed, scripted=False)
     curve = training_curve(run_dir)
     keep = np.unique(np.linspace(0, len(curve["survival"]) - 1, min(len(curve["survival"]), 300)).astype(int))
     return {
         **asdict(trial),
         "run_dir": str(run_dir),
-        "train_s": train_s,
+        "train_s": trainer.elapsed_before,
         "env_steps": trainer.env_steps,
         "updates": trainer.algorithm.metrics()["updates"],
         "finished": time.strftime("%Y-%m-%d %H:%M"),
         "yardstick_steps_per_s": speed,
+        "train_survival": trainer.logbook.survival()[0],
+        "resumed_from": resumed_from,
         "eval": {k: v for k, v in result.items() if k not in _NOT_RESULTS},
         # the curve travels with the record: run directories are not committed, plots are redrawn without them
         "curve": {k: [round(float(x), 3) for x in v[keep]] for k, v in curve.items()} if len(keep) else {},

@@ -8,6 +8,7 @@ continues exactly: the same weights and metrics as a run that was never interrup
 from __future__ import annotations
 
 import signal
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -211,7 +212,7 @@ class Trainer:
             extra={k: v for k in ("intrinsic_weight", "intrinsic_reward") if (v := m.get(k)) is not None},
         )
 
-    def _log_interval(self) -> None:
+    def _log_interval(self) -> dict[str, float | None]:
         p = self.progress()
         m = self.algorithm.metrics()
         row = {
@@ -222,27 +223,41 @@ class Trainer:
             **self.algorithm.end_interval(self.logbook.take_interval_lengths()),
         }
         self.logbook.write_interval(row, extra=m)  # the learning rate, PPO's parts of the loss: TensorBoard
+        return row
 
-    def run(self, on_progress: Callable[[Progress], None] | None = None, progress_every_s: float = 1.0) -> Path:
+    def run(
+        self, on_progress: Callable[[Progress], None] | None = None, progress_every_s: float = 1.0,
+        on_interval: Callable[[dict[str, float | None]], None] | None = None,
+    ) -> Path:
         """Train until the budget is spent or a stop is requested; returns the last checkpoint's path. A run
-        whose budget is already spent trains nothing and writes nothing: it returns the checkpoint it holds."""
+        whose budget is already spent trains nothing and writes nothing: it returns the checkpoint it holds.
+
+        `on_interval` gets each log interval's learner row (the `learner` table's columns) as it is written, for
+        whatever follows the run from outside (a sweep's scheduler, say).
+        """
         if self._done() and self.last_checkpoint is not None:
             return self.last_checkpoint
         if not self._lock.acquire(wait_s=self.lock_wait_s):
             raise RunDirError(f"{self.run_dir}: another process is training this run right now (it holds the run "
                               "directory's lock); wait for it to finish, or stop it, before training it here")
         try:
-            return self._run_locked(on_progress, progress_every_s)
+            return self._run_locked(on_progress, progress_every_s, on_interval)
         finally:
             self._lock.release()
 
-    def _run_locked(self, on_progress: Callable[[Progress], None] | None, progress_every_s: float) -> Path:
+    def _run_locked(
+        self, on_progress: Callable[[Progress], None] | None, progress_every_s: float,
+        on_interval: Callable[[dict[str, float | None]], None] | None,
+    ) -> Path:
         remove_stale_temp_files(self.run_dir)  # left by a run killed while writing; no one else writes here now
         set_aside(self.unreadable_checkpoints)  # so that pruning and the next resume see the good ones only
         self.unreadable_checkpoints = []
         write_run_files(self.run_dir, self.config, self.level)
         self.logbook.open(self.resumed_at)
-        previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+        # Ctrl-C and SIGTERM stop with a checkpoint; only the main thread may set handlers (a Ray Tune trial
+        # runs in another thread, and stops through request_stop)
+        main = threading.current_thread() is threading.main_thread()
+        previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)} if main else {}
         for s in previous:
             signal.signal(s, self.request_stop)
         self._started, self._start_steps = time.perf_counter(), self.env_steps
@@ -253,7 +268,9 @@ class Trainer:
                 self.algorithm.update()
                 if self.env_steps >= self.next_log:
                     self.next_log += self.config.logging.interval_steps
-                    self._log_interval()
+                    row = self._log_interval()
+                    if on_interval is not None:
+                        on_interval(row)
                 if self.env_steps >= self.next_checkpoint:
                     self.next_checkpoint += self.config.logging.checkpoint_every
                     self.save()
