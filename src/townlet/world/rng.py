@@ -34,9 +34,43 @@ def mix64(z: torch.Tensor) -> torch.Tensor:
     return z ^ _shift_right(z, 31)
 
 
+# The same finaliser on a tensor the caller owns, in place, with 0-dim operands: a tensor operand costs less
+# per call than a Python int that has to be wrapped, and in-place updates allocate nothing.
+_CONSTANTS = {
+    name: torch.tensor(value)
+    for name, value in {
+        "s11": 11, "s27": 27, "s30": 30, "s31": 31, "mask11": (1 << 53) - 1, "mask27": (1 << 37) - 1,
+        "mask30": (1 << 34) - 1, "mask31": (1 << 33) - 1, "mix1": _MIX1, "mix2": _MIX2, "episode": _EPISODE,
+    }.items()
+}
+
+
+def _mix64_(z: torch.Tensor) -> torch.Tensor:
+    c = _CONSTANTS
+    z ^= (z >> c["s30"]).bitwise_and_(c["mask30"])
+    z *= c["mix1"]
+    z ^= (z >> c["s27"]).bitwise_and_(c["mask27"])
+    z *= c["mix2"]
+    z ^= (z >> c["s31"]).bitwise_and_(c["mask31"])
+    return z
+
+
 def stream_offset(seed: int, stream: int) -> int:
     """The constant that selects draw `stream` of a seed."""
     return _signed(seed * 0x9E3779B97F4A7C15 + stream * 0xE7037ED1A0B428DB)
+
+
+def agent_term(agents: torch.Tensor) -> torch.Tensor:
+    """The agents' share of the counter, fixed for a world's life (`agent_bits` takes it precomputed)."""
+    return agents * _AGENT
+
+
+def agent_bits(agent_terms: torch.Tensor, episodes: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+    """[N, K] non-negative int64 of 53 random bits: one per agent (its `agent_term`) and per stream offset
+    (`offsets` [K] from `stream_offset`, kept on the device), for episode `episodes[i]`."""
+    c = _CONSTANTS
+    z = torch.mul(episodes, c["episode"]).add_(agent_terms).unsqueeze(1) + offsets
+    return _mix64_(_mix64_(z)).__irshift__(c["s11"]).bitwise_and_(c["mask11"])
 
 
 def _bits(agents: torch.Tensor, episodes: torch.Tensor, offset: int | torch.Tensor) -> torch.Tensor:
@@ -51,8 +85,12 @@ def agent_randint(
     return _bits(agents, episodes, stream_offset(seed, stream)) % high
 
 
+def bits_to_uniform(bits: torch.Tensor) -> torch.Tensor:
+    """float32 in [0, 1) from `agent_bits` (their top 24 bits)."""
+    return _shift_right(bits, 29).float() * (1.0 / (1 << 24))
+
+
 def agent_uniform(agents: torch.Tensor, episodes: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
     """[N, K] float32 in [0, 1): one draw per agent and per stream, `offsets` [K] from `stream_offset` (kept on
     the device by the caller, so drawing needs no host-to-device copy)."""
-    bits = _bits(agents.view(-1, 1), episodes.view(-1, 1), offsets.view(1, -1))
-    return _shift_right(bits, 29).float() * (1.0 / (1 << 24))
+    return bits_to_uniform(_bits(agents.view(-1, 1), episodes.view(-1, 1), offsets.view(1, -1)))
