@@ -15,6 +15,7 @@ no device round trip, the resets and their random draws run only in steps where 
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,10 +41,10 @@ _MILESTONE_TABLE_MAX = 1 << 16  # milestone rewards repeat with period lcm(every
 
 class StepInfo(dict):
     """The per-agent step info. `final_obs` and `final_mask` (the last observation and action mask of the
-    episodes that just ended; rows of other agents are don't-care) are computed on first access, so a
-    caller that does not need them does not pay for them."""
+    episodes that just ended; rows of other agents are don't-care) and `cause` are computed on first access,
+    so a caller that does not need them does not pay for them."""
 
-    LAZY = ("final_obs", "final_mask")
+    LAZY = ("final_obs", "final_mask", "cause")
 
     def __init__(self, values: dict[str, torch.Tensor], world: World, last: tuple[torch.Tensor, ...]) -> None:
         super().__init__(values)
@@ -55,6 +56,8 @@ class StepInfo(dict):
         elif key == "final_mask":
             positions, meters, hour, _, layout_id = self._last
             value = self._world._mask(positions, meters, hour, layout_id)
+        elif key == "cause":
+            value = self._world._cause(self._last[1], super().__getitem__("truncated"))
         else:
             raise KeyError(key)
         self[key] = value
@@ -62,6 +65,30 @@ class StepInfo(dict):
 
     def __contains__(self, key: object) -> bool:
         return key in self.LAZY or super().__contains__(key)
+
+
+@dataclass(frozen=True)
+class _Scalars:
+    """The step's scalar operands: 0-dim tensors when it runs eagerly (an operand that needs no wrapping costs
+    less per call than a Python number) and plain numbers when it is compiled (Inductor folds them)."""
+
+    one: Any
+    zero: Any
+    zero_float: Any
+    float_one: Any
+    eps: Any
+    use_row0: Any  # the first use row of the meter-change table
+    day: Any
+    max_steps: Any
+    start_hour: Any
+    mod_scale: Any
+    mod_offset: Any
+    mod_base: Any
+    per_tick: Any
+    shaped_weight: Any
+    death_milestone: Any
+    death_survival: Any
+    milestone_period: Any
 
 
 @dataclass(frozen=True)
@@ -237,34 +264,27 @@ class World:
         # Meter change of an action, one row per (cell * 5 + action) for moves, then one per affordance for uses.
         move_rows = torch.where(moves_ok.reshape(-1, 1), -self._move_cost.cpu(), 0.0)
         self._deltas = torch.cat([move_rows, t.use_delta.cpu()]).to(dev)
-        self._use_row0 = torch.tensor(cells * NUM_ACTIONS, device=dev)
         self._open_flat = t.open_at.reshape(-1)  # by aff1 * day + hour
         self._ticks_float = t.ticks.float()
         # Termination: the first empty terminal meter names the cause (see _advance).
-        self._eps = torch.tensor(_EPS, device=dev)
         # by column of [empty terminal meters..., truncated, always set]: 1..T, "truncated", "running"
         self._cause_of = torch.tensor([*range(1, len(terminal) + 1), len(self.CAUSES) - 1, 0], device=dev)
         # Rewards.
         every, bonus, big_every, big_bonus, milestone_death, per_tick, survival_death, weight = self._reward_numbers
         period = math.lcm(every, big_every)
-        self._milestone_period = torch.tensor(period, device=dev) if period <= _MILESTONE_TABLE_MAX else None
+        self._milestone_period = period if period <= _MILESTONE_TABLE_MAX else None
         if self._milestone_period is not None:
             ticks = torch.arange(period, device=dev)
             self._milestone_table = bonus * (ticks % every == 0) + big_bonus * (ticks % big_every == 0)
         self._death_by_mode = torch.tensor([milestone_death, survival_death, survival_death], device=dev)
-        self._death_milestone = torch.tensor(milestone_death, device=dev)
-        self._death_survival = torch.tensor(survival_death, device=dev)
-        self._per_tick = torch.tensor(per_tick, device=dev)
-        self._shaped_weight = torch.tensor(weight, device=dev)
-        # Scalars of the drain, modulation and counters as 0-dim tensors (cheaper operands than Python numbers).
         _, _, base, offset, scale = self._mod
-        self._mod_scalars = tuple(torch.tensor(v, device=dev) for v in (1.0, scale, offset, base))
-        self._one = torch.tensor(1, device=dev)
-        self._zero_long = torch.tensor(0, device=dev)
-        self._zero_float = torch.tensor(0.0, device=dev)
-        self._start_hour_tensor = torch.tensor(self._start_hour, device=dev)
-        self._max_steps_tensor = torch.tensor(self._max_steps, device=dev)
-        self._day_tensor = torch.tensor(day, device=dev)
+        self._numbers = _Scalars(
+            one=1, zero=0, zero_float=0.0, float_one=1.0, eps=_EPS, use_row0=cells * NUM_ACTIONS, day=day,
+            max_steps=self._max_steps, start_hour=self._start_hour, mod_scale=scale, mod_offset=offset,
+            mod_base=base, per_tick=per_tick, shaped_weight=weight, death_milestone=milestone_death,
+            death_survival=survival_death, milestone_period=period,
+        )
+        self._scalars = _Scalars(**{k: torch.tensor(v, device=dev) for k, v in vars(self._numbers).items()})
         self._position_obs = self._xy_of_cell.float() / (g - 1)  # the partial view's `position`, by cell
         angle = torch.arange(day).float() * (2 * math.pi / day)
         self._clock = torch.stack([torch.sin(angle), torch.cos(angle)], dim=1).to(dev)  # [day, 2]
@@ -286,7 +306,8 @@ class World:
         grid.scatter_(1, cells, torch.arange(a).expand(pool, a))
         self._pool_positions = positions.to(self.device)
         self._pool_grid = grid.to(torch.int16 if a < 32000 else torch.long).to(self.device)  # id or -1
-        self._pool_aff1 = (grid + 1).view(-1).to(self.device)  # id + 1 (0: none) by layout * G*G + cell
+        # id + 1 (0: none) by layout * G*G + cell; int32, half the memory a random lookup has to reach
+        self._pool_aff1 = (grid + 1).view(-1).to(torch.int32).to(self.device)
 
         obs = cfg.observation
         if obs.view == "partial":
@@ -308,8 +329,10 @@ class World:
             else:
                 # channel per cell: affordance id, `a` for outside, `a + 1` for empty (written as 0)
                 chan = torch.where(padded >= 0, padded, torch.where(padded == -2, a, a + 1))
-                self._pool_window = chan.to(torch.int16).to(self.device)
-                self._window_channels = torch.arange(a + 1, dtype=torch.int16, device=self.device).view(1, -1, 1)
+                small = torch.int8 if a + 1 < 128 else torch.int16
+                self._pool_window = chan.to(small).to(self.device)
+                self._window_channels = torch.arange(a + 1, dtype=small, device=self.device).view(1, -1, 1)
+                self._window_cells = torch.arange(w * w, device=self.device).view(1, -1)
             # every run of W cells of the padded grids as a row (overlapping, no copy): one window is W rows
             flat = self._pool_window.view(-1)
             self._window_runs = flat.as_strided((flat.numel() - w + 1, w), (1, 1))
@@ -477,15 +500,34 @@ class World:
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
         # The C++ wrapper calls the generated kernels without Python in between: it halves N=1 overhead.
         options = {"cpp_wrapper": self.device.type == "cpu"}
-        self._step_fn = torch.compile(self._advance, fullgraph=True, dynamic=False, options=options)
-        self._observe_fn = torch.compile(self._observe, fullgraph=True, dynamic=False, options=options)
+        if self.num_agents * self.obs_dim <= self._CONCAT_BELOW:  # small: one graph, one call per step
+            self._step_fn = torch.compile(self._compiled_whole_step, fullgraph=True, dynamic=False, options=options)
+            self._observe_fn = torch.compile(self._observe, fullgraph=True, dynamic=False, options=options)
+        else:  # large: Inductor fuses the rules; the eager observation writes each field once
+            self._compiled_rules = torch.compile(self._rules, fullgraph=True, dynamic=False, options=options)
+            self._step_fn = self._compiled_step
         return self
 
     # ------------------------------------------------------------------ internals
     def _advance(self, actions: torch.Tensor) -> tuple[Any, ...]:
         """One tick for every agent; `actions` is a valid int64 tensor on the world's device."""
+        *outputs, cell = self._rules(actions)
+        return self._observe(*self._state(), cell=cell), *outputs
+
+    def _compiled_step(self, actions: torch.Tensor) -> tuple[Any, ...]:
+        """`_advance` with the compiled rules, and the observation as `compile` chose."""
+        *outputs, _ = self._compiled_rules(actions)
+        return self._observe_fn(*self._state()), *outputs
+
+    def _compiled_whole_step(self, actions: torch.Tensor) -> tuple[Any, ...]:
+        *outputs, _ = self._rules(actions)
+        return self._observe(*self._state()), *outputs
+
+    def _rules(self, actions: torch.Tensor) -> tuple[Any, ...]:
+        """The tick without the observation: (reward, terminated, truncated, info, last state, cell of each
+        agent now or None)."""
         traced = torch.compiler.is_compiling()
-        t = self._tables
+        t, k = self._tables, self._numbers if traced else self._scalars
         meters, hour = self.meters, self.hour
         cell, aff1 = self._locate(self.positions, self.layout_id)
         move_key = torch.add(actions, cell, alpha=NUM_ACTIONS)
@@ -495,14 +537,14 @@ class World:
         use_key = torch.add(hour, aff1, alpha=self._day) if self._temporal else aff1
         use_key = torch.add(actions, use_key, alpha=NUM_ACTIONS)
         used = torch.ge(meters.select(1, self._money), self._use_floor.index_select(0, use_key))
-        invalid = torch.logical_or(moved, used).logical_not_()
+        invalid = torch.eq(moved, used)  # neither (both never: a move is not a use)
 
         # Phase 1: the action. A move pays the move cost, a use its meter change (cost included).
         positions = self._xy_of_cell.index_select(0, new_cell)
-        delta_row = torch.where(used, aff1 + self._use_row0, move_key)
+        delta_row = torch.where(used, aff1 + k.use_row0, move_key)
         meters = meters + self._deltas.index_select(0, delta_row)
         if self._temporal:
-            progress = (self.progress + self._one).mul_(used)
+            progress = (self.progress + k.one).mul_(used)
             completed = torch.ge(progress, t.ticks.index_select(0, aff1))
             meters += t.bonus.index_select(0, aff1 * completed)
         else:  # every use takes one tick
@@ -510,10 +552,9 @@ class World:
         meters.clamp_(0.0, 1.0)
 
         # Phase 2: passive drain and modulation, from the meters after phase 1.
-        src = self._mod[0]
-        one, scale, offset, base = self._mod_scalars
-        modulation = torch.sub(one, meters.select(1, src)).mul_(scale).add_(offset).mul_(base)
-        drain = torch.addcmul(self._drain, modulation.unsqueeze(1), self._mod_target_onehot)
+        modulation = torch.rsub(meters.narrow(1, self._mod[0], 1), k.float_one)  # [N, 1]
+        modulation.mul_(k.mod_scale).add_(k.mod_offset).mul_(k.mod_base)
+        drain = torch.addcmul(self._drain, modulation, self._mod_target_onehot)
         meters.sub_(drain.mul_(self.depletion.unsqueeze(1))).clamp_(0.0, 1.0)
 
         # Phase 3: cascades, all from the meters after phase 2.
@@ -522,26 +563,22 @@ class World:
         meters.sub_(shortfall @ self._casc_to_target).clamp_(0.0, 1.0)
 
         # Phase 4: death, reward, counters, clock.
-        empty = torch.lt(meters.index_select(1, self._terminal), self._eps)
+        empty = torch.lt(meters.index_select(1, self._terminal), k.eps)
         terminated = empty.any(dim=1)
-        steps = self.steps + self._one
-        truncated = torch.ge(steps, self._max_steps_tensor).gt_(terminated)  # and not terminated
-        reward = self._reward(terminated, steps, meters, traced)
+        steps = self.steps + k.one
+        truncated = torch.ge(steps, k.max_steps).gt_(terminated)  # and not terminated
+        reward = self._reward(terminated, steps, meters, traced, k)
         episode_return = self.episode_return + reward
         if self._temporal:
-            hour = torch.remainder(hour + self._one, self._day_tensor)
+            hour = torch.remainder(hour + k.one, k.day)
             # A use is abandoned when its affordance closes (a use never moves: aff1 is still the one here).
             still_open = self._open_flat.index_select(0, torch.add(hour, aff1, alpha=self._day))
             progress.mul_(still_open.gt_(completed))
         done = terminated | truncated
-        # The cause: the first set column of [empty terminal meters, truncated, always set].
-        flags = torch.cat([empty, truncated.unsqueeze(1), self._flag_column], dim=1)
-        cause = self._cause_of.index_select(0, flags.to(torch.uint8).argmax(dim=1))
         info = {
             "done": done,
             "terminated": terminated,
             "truncated": truncated,
-            "cause": cause,
             "episode_length": steps,
             "episode_return": episode_return,
             "invalid": invalid,
@@ -553,7 +590,14 @@ class World:
         if traced or not self._host_reads_free or bool(done.any()):
             self._begin_episodes(done)
             new_cell = None  # some agents moved to a new start: recompute
-        return self._observe(*self._state(), cell=new_cell), reward, terminated, truncated, info, last
+        return reward, terminated, truncated, info, last, new_cell
+
+    def _cause(self, meters: torch.Tensor, truncated: torch.Tensor) -> torch.Tensor:
+        """[N] index into `CAUSES` of a step that ended with these meters: the first empty terminal meter,
+        else truncation, else running (the first set column of [empty meters, truncated, always set])."""
+        empty = torch.lt(meters.index_select(1, self._terminal), _EPS)
+        flags = torch.cat([empty, truncated.unsqueeze(1), self._flag_column], dim=1)
+        return self._cause_of.index_select(0, flags.to(torch.uint8).argmax(dim=1))
 
     def _state(self) -> tuple[torch.Tensor, ...]:
         return self.positions, self.meters, self.hour, self.progress, self.layout_id
@@ -578,8 +622,11 @@ class World:
                 raise ValueError(f"actions must have shape [{n}], got {list(actions.shape)}")
             if actions.dtype not in _ACTION_DTYPES:
                 raise ValueError(f"actions must be integers (int64 or any int dtype), got dtype {actions.dtype}")
-            low, high = torch.aminmax(actions)
-            if low.item() < 0 or high.item() >= NUM_ACTIONS:
+            if n == 1:
+                low = high = actions.item()
+            else:
+                low, high = (v.item() for v in torch.aminmax(actions))
+            if low < 0 or high >= NUM_ACTIONS:
                 raise ValueError(f"actions must be in [0, {NUM_ACTIONS - 1}] ({', '.join(ACTION_NAMES)})")
         if actions.dtype != torch.long or actions.device != self.device:
             actions = actions.to(self.device, torch.long)
@@ -630,23 +677,25 @@ class World:
     def _note_uniform_mode(self, mode: int | None) -> None:
         self._known_mode = None if mode is None else (self.reward_mode, self.reward_mode._version, mode)
 
-    def _milestone(self, t: torch.Tensor) -> torch.Tensor:
+    def _milestone(self, t: torch.Tensor, k: _Scalars) -> torch.Tensor:
         if self._milestone_period is not None:
-            return self._milestone_table.index_select(0, torch.remainder(t, self._milestone_period))
+            return self._milestone_table.index_select(0, torch.remainder(t, k.milestone_period))
         every, bonus, big_every, big_bonus = self._reward_numbers[:4]
         return bonus * (t % every == 0) + big_bonus * (t % big_every == 0)
 
-    def _reward(self, died: torch.Tensor, t: torch.Tensor, meters: torch.Tensor, traced: bool) -> torch.Tensor:
+    def _reward(
+        self, died: torch.Tensor, t: torch.Tensor, meters: torch.Tensor, traced: bool, k: _Scalars
+    ) -> torch.Tensor:
         mode = -1 if traced else self._uniform_mode()
         if mode == 0:
-            return torch.where(died, self._death_milestone, self._milestone(t))
+            return torch.where(died, k.death_milestone, self._milestone(t, k))
         if mode == 1:
-            return torch.where(died, self._death_survival, self._per_tick)
+            return torch.where(died, k.death_survival, self._alive)
         shaped = torch.minimum(meters.select(1, self._energy), meters.select(1, self._health))
-        shaped.mul_(self._shaped_weight).add_(self._per_tick)
+        shaped.mul_(k.shaped_weight).add_(k.per_tick)
         if mode == 2:
-            return torch.where(died, self._death_survival, shaped)
-        table = torch.stack([self._milestone(t), self._alive, shaped], dim=1)
+            return torch.where(died, k.death_survival, shaped)
+        table = torch.stack([self._milestone(t, k), self._alive, shaped], dim=1)
         reward = torch.take(table, self._agent_rows3 + self.reward_mode)
         return torch.where(died, self._death_by_mode.index_select(0, self.reward_mode), reward)
 
@@ -666,7 +715,7 @@ class World:
             def put(state: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
                 return state.clone().index_copy_(0, rows, values.expand(count, *state.shape[1:]))
         else:
-            count = self.num_agents
+            rows, count = None, self.num_agents
 
             def pick(values: torch.Tensor) -> torch.Tensor:
                 return values
@@ -674,7 +723,7 @@ class World:
             def put(state: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
                 return torch.where(starting.view(-1, *[1] * (state.dim() - 1)), values, state)
 
-        bits = agent_bits(pick(self._agent_terms), pick(self.episode), offsets)  # [count, K]
+        bits = agent_bits(pick(self._agent_terms), pick(self.episode), offsets, plain=rows is None)  # [count, K]
         draws = bits[:, :2] % self._draw_high
         layout = draws[:, 0]
         spawn = self._xy_of_cell.index_select(0, draws[:, 1])
@@ -691,10 +740,11 @@ class World:
         self.layout_id = put(self.layout_id, layout)
         self.positions = put(self.positions, spawn)
         self.meters = put(self.meters, start)
-        self.steps = put(self.steps, self._zero_long)
-        self.hour = put(self.hour, self._start_hour_tensor)
-        self.progress = put(self.progress, self._zero_long)
-        self.episode_return = put(self.episode_return, self._zero_float)
+        k = self._scalars if rows is not None else self._numbers
+        self.steps = put(self.steps, k.zero)
+        self.hour = put(self.hour, k.start_hour)
+        self.progress = put(self.progress, k.zero)
+        self.episode_return = put(self.episode_return, k.zero_float)
 
     def _observe(
         self,
@@ -735,13 +785,27 @@ class World:
             fields.append(("div", (n,), progress, self._ticks_float.index_select(0, aff1)))
         if torch.compiler.is_compiling():
             parts = [self._field(kind, a, b).float().view(n, -1) for kind, _, a, b in fields]
+            if lay.window_channels > 1:
+                # Inductor would gather each cell once per channel for the comparison; scattering one value
+                # per cell does not (an empty cell, channel C, writes its 0 into the outside channel)
+                channel = cells.long()
+                area = channel.shape[1]
+                index = channel.clamp(max=lay.window_channels - 1) * area + self._window_cells
+                window = torch.zeros(n, lay.window_channels * area, device=cells.device)
+                parts[0] = window.scatter_(1, index, (channel < lay.window_channels).float())
             return torch.cat(parts, dim=1)
         if n * lay.dim <= self._CONCAT_BELOW:
             # small batches: fewer operations count more than one more pass over a small tensor
-            parts = [self._field(kind, a, b, self._scratch(i, shape, kind)).view(n, -1)
-                     for i, (kind, shape, a, b) in enumerate(fields)]
+            parts = []
+            for i, (kind, shape, a, b) in enumerate(fields):
+                if kind in ("eq", "div"):  # written into a kept buffer: [N, size] and its view as `shape`
+                    flat, shaped = self._scratch(i, shape)
+                    self._field(kind, a, b, shaped)
+                    parts.append(flat)
+                else:
+                    parts.append(self._field(kind, a, b))
             return torch.cat(parts, dim=1)
-        obs = torch.empty(n, lay.dim, device=positions.device)
+        obs = self._output_buffer(n, lay.dim)
         start = 0
         for kind, shape, a, b in fields:
             size = math.prod(shape[1:])
@@ -753,6 +817,22 @@ class World:
             start += size
         return obs
 
+    def _output_buffer(self, n: int, dim: int) -> torch.Tensor:
+        """A tensor for a large observation: the one returned last time when nothing refers to it any more
+        (the caller dropped it and holds no view, array or alias of it), else a new one. On the CPU a fresh
+        multi-megabyte tensor costs page faults on every step; a recycled one that no one can see does not."""
+        spare = self._spare_output
+        if not (
+            self._host_reads_free and spare is not None and spare.shape == (n, dim) and not spare.requires_grad
+            # references: this local, the attribute, the argument; and no other tensor on its memory
+            and sys.getrefcount(spare) == 3 and spare._use_count() == 1
+            and torch._C._storage_Use_Count(spare.untyped_storage()._cdata) == 2
+        ):
+            spare = torch.empty(n, dim, device=self.device)
+        self._spare_output = spare
+        return spare
+
+    _spare_output: torch.Tensor | None = None
     _CONCAT_BELOW = 1 << 15  # observations of at most this many numbers are concatenated from their fields
 
     @staticmethod
@@ -765,12 +845,11 @@ class World:
             return a.index_select(0, b) if out is None else torch.index_select(a, 0, b, out=out)
         return a
 
-    def _scratch(self, index: int, shape: tuple[int, ...], kind: str) -> torch.Tensor | None:
-        """A float32 buffer kept for field `index` of small observations ("eq" and "div" write into it)."""
-        if kind not in ("eq", "div"):
-            return None
+    def _scratch(self, index: int, shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+        """A float32 buffer kept for field `index` of small observations, as [N, size] and viewed as `shape`."""
         buffers = self.__dict__.setdefault("_scratch_buffers", {})
         key = (index, shape)
         if key not in buffers:
-            buffers[key] = torch.empty(shape, device=self.device)
+            flat = torch.empty(shape[0], math.prod(shape[1:]), device=self.device)
+            buffers[key] = (flat, flat.view(shape))
         return buffers[key]

@@ -6,6 +6,8 @@ change when other agents reset, and the same seed gives the same draws on CPU an
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 _MASK64 = (1 << 64) - 1
@@ -34,19 +36,16 @@ def mix64(z: torch.Tensor) -> torch.Tensor:
     return z ^ _shift_right(z, 31)
 
 
-# The same finaliser on a tensor the caller owns, in place, with 0-dim operands: a tensor operand costs less
-# per call than a Python int that has to be wrapped, and in-place updates allocate nothing.
-_CONSTANTS = {
-    name: torch.tensor(value)
-    for name, value in {
-        "s11": 11, "s27": 27, "s30": 30, "s31": 31, "mask11": (1 << 53) - 1, "mask27": (1 << 37) - 1,
-        "mask30": (1 << 34) - 1, "mask31": (1 << 33) - 1, "mix1": _MIX1, "mix2": _MIX2, "episode": _EPISODE,
-    }.items()
+# The same finaliser on a tensor the caller owns, in place. Its operands as 0-dim tensors (eagerly, a tensor
+# operand costs less per call than a Python int that has to be wrapped) or as plain ints (compiled: folded).
+_NUMBERS = {
+    "s11": 11, "s27": 27, "s30": 30, "s31": 31, "mask11": (1 << 53) - 1, "mask27": (1 << 37) - 1,
+    "mask30": (1 << 34) - 1, "mask31": (1 << 33) - 1, "mix1": _MIX1, "mix2": _MIX2, "episode": _EPISODE,
 }
+_CONSTANTS = {name: torch.tensor(value) for name, value in _NUMBERS.items()}
 
 
-def _mix64_(z: torch.Tensor) -> torch.Tensor:
-    c = _CONSTANTS
+def _mix64_(z: torch.Tensor, c: dict[str, Any]) -> torch.Tensor:
     z ^= (z >> c["s30"]).bitwise_and_(c["mask30"])
     z *= c["mix1"]
     z ^= (z >> c["s27"]).bitwise_and_(c["mask27"])
@@ -65,12 +64,15 @@ def agent_term(agents: torch.Tensor) -> torch.Tensor:
     return agents * _AGENT
 
 
-def agent_bits(agent_terms: torch.Tensor, episodes: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+def agent_bits(
+    agent_terms: torch.Tensor, episodes: torch.Tensor, offsets: torch.Tensor, plain: bool = False
+) -> torch.Tensor:
     """[N, K] non-negative int64 of 53 random bits: one per agent (its `agent_term`) and per stream offset
-    (`offsets` [K] from `stream_offset`, kept on the device), for episode `episodes[i]`."""
-    c = _CONSTANTS
+    (`offsets` [K] from `stream_offset`, kept on the device), for episode `episodes[i]`. `plain`: the
+    constants as Python ints (for code that is compiled)."""
+    c = _NUMBERS if plain else _CONSTANTS
     z = torch.mul(episodes, c["episode"]).add_(agent_terms).unsqueeze(1) + offsets
-    return _mix64_(_mix64_(z)).__irshift__(c["s11"]).bitwise_and_(c["mask11"])
+    return _mix64_(_mix64_(z, c), c).__irshift__(c["s11"]).bitwise_and_(c["mask11"])
 
 
 def _bits(agents: torch.Tensor, episodes: torch.Tensor, offset: int | torch.Tensor) -> torch.Tensor:
