@@ -14,7 +14,7 @@ NAMES = list(REFERENCE["scenarios"])
 
 def test_the_fixture_matches_the_recorder():
     assert (REFERENCE["steps"], REFERENCE["agents"]) == (STEPS, AGENTS)
-    assert NAMES == list(_scenario_worlds())
+    assert list(_scenario_worlds()) == NAMES
     for rows in REFERENCE["scenarios"].values():
         assert any(row[3] != 0 for row in rows)  # every scenario ends episodes (resets are covered)
 
