@@ -767,9 +767,14 @@ class World:
         # table a, "copy" a itself
         fields: list[tuple[str, tuple[int, ...], torch.Tensor, torch.Tensor | None]] = []
         if lay.is_partial:
-            rows = torch.add(self._window_rows_of_cell.index_select(0, cell), layout_id.unsqueeze(1),
-                             alpha=self._padded_side ** 2)
-            cells = self._window_runs.index_select(0, rows.view(-1)).view(n, -1)  # [N, W*W]
+            side = self._padded_side
+            if torch.compiler.is_compiling():  # an index Inductor computes in its loop (no table of rows)
+                corner = layout_id * (side * side) + positions[:, 1] * side + positions[:, 0]
+                cells = self._pool_window.view(-1)[corner.unsqueeze(1) + self._win_offsets]
+            else:  # W gathers of W cells each
+                rows = torch.add(self._window_rows_of_cell.index_select(0, cell), layout_id.unsqueeze(1),
+                                 alpha=side * side)
+                cells = self._window_runs.index_select(0, rows.view(-1)).view(n, -1)  # [N, W*W]
             if lay.window_channels == 1:
                 fields.append(("copy", cells.shape, cells, None))
             else:  # channel-major one-hot [N, C, W*W]; an empty cell (channel C) writes no 1
