@@ -111,21 +111,3 @@ def test_a_held_observation_is_never_overwritten():
     assert all(torch.equal(a, b) for a, b in zip(held, copies, strict=True))
     assert all(torch.equal(v, c) for v, c in views)
 
-
-def test_compiled_rules_with_the_eager_observation_match_eager():
-    """Large compiled worlds compile the rules only and write the observation eagerly (see World.compile)."""
-    eager = World("L2_partial", 12, seed=4)
-    compiled = World("L2_partial", 12, seed=4)
-    compiled._CONCAT_BELOW = 0  # as a large batch would: the rules compiled, the observation eager
-    compiled.compile()
-    assert compiled._step_fn == compiled._compiled_step
-    for world in (eager, compiled):
-        world.set_random_starts(0.5)
-    gen = torch.Generator().manual_seed(3)
-    for _ in range(60):
-        actions = torch.randint(0, 5, (12,), generator=gen)
-        a, b = eager.step(actions), compiled.step(actions)
-        for x, y in zip(a[:4], b[:4], strict=True):
-            torch.testing.assert_close(x, y, atol=1e-6, rtol=0)
-        assert torch.equal(a[4]["cause"], b[4]["cause"])
-        torch.testing.assert_close(a[4]["final_obs"], b[4]["final_obs"], atol=1e-6, rtol=0)

@@ -306,8 +306,7 @@ class World:
         grid.scatter_(1, cells, torch.arange(a).expand(pool, a))
         self._pool_positions = positions.to(self.device)
         self._pool_grid = grid.to(torch.int16 if a < 32000 else torch.long).to(self.device)  # id or -1
-        # id + 1 (0: none) by layout * G*G + cell; int32, half the memory a random lookup has to reach
-        self._pool_aff1 = (grid + 1).view(-1).to(torch.int32).to(self.device)
+        self._pool_aff1 = (grid + 1).view(-1).to(self.device)  # id + 1 (0: none) by layout * G*G + cell
 
         obs = cfg.observation
         if obs.view == "partial":
@@ -329,9 +328,8 @@ class World:
             else:
                 # channel per cell: affordance id, `a` for outside, `a + 1` for empty (written as 0)
                 chan = torch.where(padded >= 0, padded, torch.where(padded == -2, a, a + 1))
-                small = torch.int8 if a + 1 < 128 else torch.int16
-                self._pool_window = chan.to(small).to(self.device)
-                self._window_channels = torch.arange(a + 1, dtype=small, device=self.device).view(1, -1, 1)
+                self._pool_window = chan.to(torch.int16).to(self.device)
+                self._window_channels = torch.arange(a + 1, dtype=torch.int16, device=self.device).view(1, -1, 1)
                 self._window_cells = torch.arange(w * w, device=self.device).view(1, -1)
             # every run of W cells of the padded grids as a row (overlapping, no copy): one window is W rows
             flat = self._pool_window.view(-1)
@@ -500,12 +498,8 @@ class World:
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
         # The C++ wrapper calls the generated kernels without Python in between: it halves N=1 overhead.
         options = {"cpp_wrapper": self.device.type == "cpu"}
-        if self.num_agents * self.obs_dim <= self._CONCAT_BELOW:  # small: one graph, one call per step
-            self._step_fn = torch.compile(self._compiled_whole_step, fullgraph=True, dynamic=False, options=options)
-            self._observe_fn = torch.compile(self._observe, fullgraph=True, dynamic=False, options=options)
-        else:  # large: Inductor fuses the rules; the eager observation writes each field once
-            self._compiled_rules = torch.compile(self._rules, fullgraph=True, dynamic=False, options=options)
-            self._step_fn = self._compiled_step
+        self._step_fn = torch.compile(self._advance, fullgraph=True, dynamic=False, options=options)
+        self._observe_fn = torch.compile(self._observe, fullgraph=True, dynamic=False, options=options)
         return self
 
     # ------------------------------------------------------------------ internals
@@ -513,15 +507,6 @@ class World:
         """One tick for every agent; `actions` is a valid int64 tensor on the world's device."""
         *outputs, cell = self._rules(actions)
         return self._observe(*self._state(), cell=cell), *outputs
-
-    def _compiled_step(self, actions: torch.Tensor) -> tuple[Any, ...]:
-        """`_advance` with the compiled rules, and the observation as `compile` chose."""
-        *outputs, _ = self._compiled_rules(actions)
-        return self._observe_fn(*self._state()), *outputs
-
-    def _compiled_whole_step(self, actions: torch.Tensor) -> tuple[Any, ...]:
-        *outputs, _ = self._rules(actions)
-        return self._observe(*self._state()), *outputs
 
     def _rules(self, actions: torch.Tensor) -> tuple[Any, ...]:
         """The tick without the observation: (reward, terminated, truncated, info, last state, cell of each
@@ -789,7 +774,8 @@ class World:
             fields.append(("take", (n, 2), self._clock, hour))
             fields.append(("div", (n,), progress, self._ticks_float.index_select(0, aff1)))
         if torch.compiler.is_compiling():
-            parts = [self._field(kind, a, b).float().view(n, -1) for kind, _, a, b in fields]
+            first = 0
+            parts = []
             if lay.window_channels > 1:
                 # Inductor would gather each cell once per channel for the comparison; scattering one value
                 # per cell does not (an empty cell, channel C, writes its 0 into the outside channel)
@@ -797,7 +783,8 @@ class World:
                 area = channel.shape[1]
                 index = channel.clamp(max=lay.window_channels - 1) * area + self._window_cells
                 window = torch.zeros(n, lay.window_channels * area, device=cells.device)
-                parts[0] = window.scatter_(1, index, (channel < lay.window_channels).float())
+                parts, first = [window.scatter_(1, index, (channel < lay.window_channels).float())], 1
+            parts += [self._field(kind, a, b).float().view(n, -1) for kind, _, a, b in fields[first:]]
             return torch.cat(parts, dim=1)
         if n * lay.dim <= self._CONCAT_BELOW:
             # small batches: fewer operations count more than one more pass over a small tensor
