@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import os
 import platform
 import statistics
 import sys
@@ -101,6 +102,17 @@ def env_step(level: str) -> Callable[[int], object]:
     return step
 
 
+def cpu_name() -> str:
+    """The processor's model name where Linux reports it, else the architecture."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def window_rate(step: Callable[[int], object], n_agents: int, seconds: float) -> float:
     steps, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
@@ -141,7 +153,7 @@ def main() -> None:
 
     lines = [
         f"$ python {' '.join(sys.argv)}",
-        f"{datetime.date.today().isoformat()}, {platform.processor() or platform.machine()}, "
+        f"{datetime.date.today().isoformat()}, {cpu_name()} ({os.cpu_count()} cores), "
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, level {args.level}, "
         f"{args.rounds} rounds of {args.window} s windows",
         f"{'arm':<28} {'N':>6} {'agent-steps/s':>14} {'ratio to yardstick (median, range)':>38}",
