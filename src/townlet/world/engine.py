@@ -335,7 +335,6 @@ class World:
             flat = self._pool_window.view(-1)
             self._window_runs = flat.as_strided((flat.numel() - w + 1, w), (1, 1))
         streams = range(_STREAM_START, _STREAM_START + 2 + len(METER_NAMES))
-        self._start_offsets = torch.tensor([stream_offset(self.seed, s) for s in streams], device=self.device)
         # Every draw of a new episode in one pass: layout, spawn cell, then the exploring-start draws.
         offsets = [stream_offset(self.seed, s) for s in (_STREAM_LAYOUT, _STREAM_SPAWN, *streams)]
         self._draw_offsets = torch.tensor(offsets, device=self.device)

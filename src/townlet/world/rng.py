@@ -29,15 +29,9 @@ def _shift_right(z: torch.Tensor, k: int) -> torch.Tensor:
     return (z >> k) & ((1 << (64 - k)) - 1)
 
 
-def mix64(z: torch.Tensor) -> torch.Tensor:
-    """SplitMix64's finaliser on int64 tensors (wrapping arithmetic)."""
-    z = (z ^ _shift_right(z, 30)) * _MIX1
-    z = (z ^ _shift_right(z, 27)) * _MIX2
-    return z ^ _shift_right(z, 31)
-
-
-# The same finaliser on a tensor the caller owns, in place. Its operands as 0-dim tensors (eagerly, a tensor
-# operand costs less per call than a Python int that has to be wrapped) or as plain ints (compiled: folded).
+# SplitMix64's finaliser (wrapping int64 arithmetic), in place on a tensor the caller owns. Its operands as 0-dim
+# tensors (eagerly, a tensor operand costs less per call than a Python int that has to be wrapped) or as plain
+# ints (compiled: folded into the code).
 _NUMBERS = {
     "s11": 11, "s27": 27, "s30": 30, "s31": 31, "mask11": (1 << 53) - 1, "mask27": (1 << 37) - 1,
     "mask30": (1 << 34) - 1, "mask31": (1 << 33) - 1, "mix1": _MIX1, "mix2": _MIX2, "episode": _EPISODE,
@@ -75,24 +69,7 @@ def agent_bits(
     return _mix64_(_mix64_(z, c), c).__irshift__(c["s11"]).bitwise_and_(c["mask11"])
 
 
-def _bits(agents: torch.Tensor, episodes: torch.Tensor, offset: int | torch.Tensor) -> torch.Tensor:
-    """53 random bits (as a non-negative int64) per (agent, episode, offset)."""
-    return _shift_right(mix64(mix64(agents * _AGENT + episodes * _EPISODE + offset)), 11)
-
-
-def agent_randint(
-    seed: int, agents: torch.Tensor, episodes: torch.Tensor, stream: int, high: int
-) -> torch.Tensor:
-    """One integer in [0, high) per agent for draw `stream` of its episode `episodes[i]`."""
-    return _bits(agents, episodes, stream_offset(seed, stream)) % high
-
-
 def bits_to_uniform(bits: torch.Tensor) -> torch.Tensor:
     """float32 in [0, 1) from `agent_bits` (their top 24 bits)."""
     return _shift_right(bits, 29).float() * (1.0 / (1 << 24))
 
-
-def agent_uniform(agents: torch.Tensor, episodes: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
-    """[N, K] float32 in [0, 1): one draw per agent and per stream, `offsets` [K] from `stream_offset` (kept on
-    the device by the caller, so drawing needs no host-to-device copy)."""
-    return bits_to_uniform(_bits(agents.view(-1, 1), episodes.view(-1, 1), offsets.view(1, -1)))
