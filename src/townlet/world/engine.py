@@ -3,18 +3,28 @@
 Every rule comes from the level config (see `../shared/world-spec.md` for the reference numbers). One code
 path serves instant and temporal levels: an instant level is a temporal one whose uses all take one tick
 and whose affordances never close.
+
+Speed: a step is a few dozen tensor operations whatever the batch size, so at small batches their fixed cost
+is what counts. Everything that depends only on the level (where a move from a cell leads, what a use or a
+move does to the meters, which uses a cell, an hour and an action allow, milestone rewards, the clock's
+sine and cosine) is a lookup table built at construction; intermediate tensors are updated in place; and the
+observation is written field by field into one fresh tensor. On the CPU, where reading a tensor's value costs
+no device round trip, the resets and their random draws run only in steps where an episode ended.
 """
 
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass
+from typing import Any
 
+import numpy as np
 import torch
 
 from townlet.world.config import METER_NAMES, REWARD_MODES, LevelConfig, hour_is_open, load_level
 from townlet.world.observation import ObsLayout
-from townlet.world.rng import agent_randint, agent_uniform, stream_offset
+from townlet.world.rng import agent_bits, agent_term, bits_to_uniform, stream_offset
 
 NUM_ACTIONS = 5
 ACTION_NAMES = ("UP", "DOWN", "LEFT", "RIGHT", "INTERACT")
@@ -25,13 +35,16 @@ _EPS = 1e-5  # float32 slack: "can pay" and "meter is empty" (spec: rounding mus
 _STREAM_LAYOUT, _STREAM_SPAWN = 1, 2
 _STREAM_START = 3  # exploring starts: stream 3 picks, the next draw each meter, the last the spawn affordance
 
+_ACTION_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8, torch.uint16, torch.uint32)
+_MILESTONE_TABLE_MAX = 1 << 16  # milestone rewards repeat with period lcm(every, big_every): a table up to this
+
 
 class StepInfo(dict):
     """The per-agent step info. `final_obs` and `final_mask` (the last observation and action mask of the
-    episodes that just ended; rows of other agents are don't-care) are computed on first access, so a
-    caller that does not need them does not pay for them."""
+    episodes that just ended; rows of other agents are don't-care) and `cause` are computed on first access,
+    so a caller that does not need them does not pay for them."""
 
-    LAZY = ("final_obs", "final_mask")
+    LAZY = ("final_obs", "final_mask", "cause")
 
     def __init__(self, values: dict[str, torch.Tensor], world: World, last: tuple[torch.Tensor, ...]) -> None:
         super().__init__(values)
@@ -43,6 +56,8 @@ class StepInfo(dict):
         elif key == "final_mask":
             positions, meters, hour, _, layout_id = self._last
             value = self._world._mask(positions, meters, hour, layout_id)
+        elif key == "cause":
+            value = self._world._cause(self._last[1], super().__getitem__("truncated"))
         else:
             raise KeyError(key)
         self[key] = value
@@ -50,6 +65,30 @@ class StepInfo(dict):
 
     def __contains__(self, key: object) -> bool:
         return key in self.LAZY or super().__contains__(key)
+
+
+@dataclass(frozen=True)
+class _Scalars:
+    """The step's scalar operands: 0-dim tensors when it runs eagerly (an operand that needs no wrapping costs
+    less per call than a Python number) and plain numbers when it is compiled (Inductor folds them)."""
+
+    one: Any
+    zero: Any
+    zero_float: Any
+    float_one: Any
+    eps: Any
+    use_row0: Any  # the first use row of the meter-change table
+    day: Any
+    max_steps: Any
+    start_hour: Any
+    mod_scale: Any
+    mod_offset: Any
+    mod_base: Any
+    per_tick: Any
+    shaped_weight: Any
+    death_milestone: Any
+    death_survival: Any
+    milestone_period: Any
 
 
 @dataclass(frozen=True)
@@ -104,6 +143,7 @@ class World:
         terminal = [i for i, name in enumerate(METER_NAMES) if config.meters[name].terminal]
         self.CAUSES = ("running", *(METER_NAMES[i] for i in terminal), "truncated")
         self._build_constants(terminal)
+        self._build_step_tables(terminal)
         self._build_layouts()
 
         dev = self.device
@@ -121,7 +161,14 @@ class World:
         self.reward_mode = torch.full(
             (n,), REWARD_MODES.index(config.rewards.mode), dtype=torch.long, device=dev
         )
+        self._note_uniform_mode(REWARD_MODES.index(config.rewards.mode))
         self._agent_ids = torch.arange(n, device=dev)
+        self._agent_terms = agent_term(self._agent_ids)
+        self._agent_rows3 = self._agent_ids * 3  # flat index of each agent's row in an [N, 3] table
+        self._alive = torch.full((n,), self.config.rewards.survival.per_tick, device=dev)
+        self._flag_column = torch.ones(n, 1, dtype=torch.bool, device=dev)  # see _advance: the cause
+        # Reading a CPU tensor's value costs no device round trip: the step may then skip work nobody needs.
+        self._host_reads_free = self.device.type == "cpu"
         self._step_fn = self._advance
         self._observe_fn = self._observe
         if compile:
@@ -189,6 +236,61 @@ class World:
         )
         self._max_steps = cfg.max_steps
 
+    def _build_step_tables(self, terminal: list[int]) -> None:
+        """Lookup tables for the step: each turns several small tensor operations per step into one gather.
+        Their values are computed with the same float32 operations the rules state, so results are exact."""
+        dev, g, a, day = self.device, self.grid_size, self.num_affordances, self._day
+        t = self._tables
+        cells = g * g
+        xs, ys = torch.arange(cells) % g, torch.arange(cells) // g
+        self._xy_of_cell = torch.stack([xs, ys], dim=1).to(dev)  # [G*G, 2] (x, y)
+        # Moves, indexed by cell * 5 + action: whether the action moves the agent, and the cell it ends on.
+        moves = self._moves.cpu()
+        nx, ny = xs.view(-1, 1) + moves[:, 0], ys.view(-1, 1) + moves[:, 1]
+        moves_ok = (nx >= 0) & (nx < g) & (ny >= 0) & (ny < g)
+        moves_ok[:, INTERACT] = False
+        self._move_ok = moves_ok.reshape(-1).to(dev)
+        self._move_target = torch.where(moves_ok, ny * g + nx, torch.arange(cells).view(-1, 1)).reshape(-1).to(dev)
+        # The action mask, indexed by cell * 2 + (INTERACT applies): the four moves, then INTERACT.
+        usable_column = torch.tensor([False, True]).repeat(cells).view(-1, 1)
+        self._mask_rows = torch.cat([moves_ok[:, :INTERACT].repeat_interleave(2, dim=0), usable_column], 1).to(dev)
+        # Money needed to use the affordance (id + 1) at an hour, by aff1 * day + hour: +inf where nothing
+        # applies, so "can use" is one comparison; and the same per action (+inf unless INTERACT).
+        floor = torch.where(t.open_at.cpu(), (t.cost_tick - _EPS).cpu().view(-1, 1), math.inf)  # row 0 never open
+        self._usable_floor = floor.reshape(-1).to(dev)
+        per_action = torch.full((a + 1, day, NUM_ACTIONS), math.inf)
+        per_action[:, :, INTERACT] = floor
+        self._use_floor = per_action.reshape(-1).to(dev)
+        # Meter change of an action, one row per (cell * 5 + action) for moves, then one per affordance for uses.
+        move_rows = torch.where(moves_ok.reshape(-1, 1), -self._move_cost.cpu(), 0.0)
+        self._deltas = torch.cat([move_rows, t.use_delta.cpu()]).to(dev)
+        self._open_flat = t.open_at.reshape(-1)  # by aff1 * day + hour
+        self._ticks_float = t.ticks.float()
+        # Termination: the first empty terminal meter names the cause (see _advance).
+        # by column of [empty terminal meters..., truncated, always set]: 1..T, "truncated", "running"
+        self._cause_of = torch.tensor([*range(1, len(terminal) + 1), len(self.CAUSES) - 1, 0], device=dev)
+        # Rewards.
+        every, bonus, big_every, big_bonus, milestone_death, per_tick, survival_death, weight = self._reward_numbers
+        period = math.lcm(every, big_every)
+        self._milestone_period = period if period <= _MILESTONE_TABLE_MAX else None
+        if self._milestone_period is not None:
+            ticks = torch.arange(period, device=dev)
+            self._milestone_table = bonus * (ticks % every == 0) + big_bonus * (ticks % big_every == 0)
+        self._death_by_mode = torch.tensor([milestone_death, survival_death, survival_death], device=dev)
+        _, _, base, offset, scale = self._mod
+        self._numbers = _Scalars(
+            one=1, zero=0, zero_float=0.0, float_one=1.0, eps=_EPS, use_row0=cells * NUM_ACTIONS, day=day,
+            max_steps=self._max_steps, start_hour=self._start_hour, mod_scale=scale, mod_offset=offset,
+            mod_base=base, per_tick=per_tick, shaped_weight=weight, death_milestone=milestone_death,
+            death_survival=survival_death, milestone_period=period,
+        )
+        self._scalars = _Scalars(**{k: torch.tensor(v, device=dev) for k, v in vars(self._numbers).items()})
+        self._position_obs = self._xy_of_cell.float() / (g - 1)  # the partial view's `position`, by cell
+        angle = torch.arange(day).float() * (2 * math.pi / day)
+        self._clock = torch.stack([torch.sin(angle), torch.cos(angle)], dim=1).to(dev)  # [day, 2]
+        self._cell_ids = torch.arange(cells, device=dev).view(1, -1)
+        self._here_ids = torch.arange(a + 1, device=dev).view(1, -1)
+
     def _build_layouts(self) -> None:
         """All layouts an episode can draw, as tensors: one for `fixed`, a seeded pool for `random`."""
         cfg, g, a = self.config, self.grid_size, self.num_affordances
@@ -204,6 +306,7 @@ class World:
         grid.scatter_(1, cells, torch.arange(a).expand(pool, a))
         self._pool_positions = positions.to(self.device)
         self._pool_grid = grid.to(torch.int16 if a < 32000 else torch.long).to(self.device)  # id or -1
+        self._pool_aff1 = (grid + 1).view(-1).to(self.device)  # id + 1 (0: none) by layout * G*G + cell
 
         obs = cfg.observation
         if obs.view == "partial":
@@ -216,6 +319,9 @@ class World:
             dy, dx = torch.meshgrid(torch.arange(w), torch.arange(w), indexing="ij")
             self._win_offsets = (dy * gp + dx).reshape(1, w * w).to(self.device)
             self._padded_side = gp
+            # where each row of the window starts in the padded grid, by cell (x, y): (y + dy) * gp + x
+            corner = self._xy_of_cell[:, 1].cpu() * gp + self._xy_of_cell[:, 0].cpu()
+            self._window_rows_of_cell = (corner.view(-1, 1) + torch.arange(w) * gp).to(self.device)  # [G*G, W]
             if obs.window_encoding == "presence":
                 value = torch.where(padded >= 0, 1.0, torch.where(padded == -2, -1.0, 0.0))
                 self._pool_window = value.to(self.device)
@@ -223,11 +329,16 @@ class World:
                 # channel per cell: affordance id, `a` for outside, `a + 1` for empty (written as 0)
                 chan = torch.where(padded >= 0, padded, torch.where(padded == -2, a, a + 1))
                 self._pool_window = chan.to(torch.int16).to(self.device)
+                self._window_channels = torch.arange(a + 1, dtype=torch.int16, device=self.device).view(1, -1, 1)
                 self._window_cells = torch.arange(w * w, device=self.device).view(1, -1)
+            # every run of W cells of the padded grids as a row (overlapping, no copy): one window is W rows
+            flat = self._pool_window.view(-1)
+            self._window_runs = flat.as_strided((flat.numel() - w + 1, w), (1, 1))
         streams = range(_STREAM_START, _STREAM_START + 2 + len(METER_NAMES))
-        self._start_offsets = torch.tensor([stream_offset(self.seed, s) for s in streams], device=self.device)
-        self._cell_ids = torch.arange(g * g, device=self.device).view(1, -1)
-        self._here_ids = torch.arange(a + 1, device=self.device).view(1, -1)
+        # Every draw of a new episode in one pass: layout, spawn cell, then the exploring-start draws.
+        offsets = [stream_offset(self.seed, s) for s in (_STREAM_LAYOUT, _STREAM_SPAWN, *streams)]
+        self._draw_offsets = torch.tensor(offsets, device=self.device)
+        self._draw_high = torch.tensor([pool, g * g], device=self.device)
 
     # ------------------------------------------------------------------ public API
     @property
@@ -284,13 +395,16 @@ class World:
                 if reward_mode not in REWARD_MODES:
                     raise ValueError(f"reward_mode {reward_mode!r} unknown; allowed: {', '.join(REWARD_MODES)}")
                 self.reward_mode.fill_(REWARD_MODES.index(reward_mode))
+                self._note_uniform_mode(REWARD_MODES.index(reward_mode))
             else:
                 modes = torch.as_tensor(reward_mode, device=self.device)
                 if modes.shape != (self.num_agents,) or modes.is_floating_point():
                     raise ValueError(f"reward_mode tensor must be int [{self.num_agents}], got {modes.shape}")
-                if bool(((modes < 0) | (modes >= len(REWARD_MODES))).any()):
+                low, high = (int(v) for v in torch.aminmax(modes))
+                if low < 0 or high >= len(REWARD_MODES):
                     raise ValueError(f"reward_mode indices must be in [0, {len(REWARD_MODES) - 1}]")
                 self.reward_mode.copy_(modes)
+                self._note_uniform_mode(low if low == high else None)
 
     RANDOM_START_LOW = 0.2  # a random start draws each meter from [0.2, 1], money from [0, 1]
 
@@ -365,14 +479,15 @@ class World:
         """[N, D] observation of the current state (a fresh tensor)."""
         return self._observe_fn(self.positions, self.meters, self.hour, self.progress, self.layout_id)
 
-    def step(self, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, StepInfo]:
+    def step(self, actions: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, StepInfo]:
         """Advance every agent one tick. Returns (obs, reward, terminated, truncated, info).
 
-        Invalid actions (off the grid, INTERACT where nothing applies) are no-ops flagged in `info["invalid"]`.
-        Agents whose episode ended are already reset in `obs`; see the class docstring for `info`.
+        `actions` [N]: a torch tensor (any integer dtype, any device: it is moved to the world's) or a numpy
+        integer array, each in [0, 4] (see `ACTION_NAMES`). Invalid actions (off the grid, INTERACT where
+        nothing applies) are no-ops flagged in `info["invalid"]`. Agents whose episode ended are already reset
+        in `obs`; see the class docstring for `info`.
         """
-        if self.validate_actions:
-            self._check_actions(actions)
+        actions = self._check_actions(actions)
         obs, reward, terminated, truncated, info, last = self._step_fn(actions)
         return obs, reward, terminated, truncated, StepInfo(info, self, last)
 
@@ -387,87 +502,142 @@ class World:
         return self
 
     # ------------------------------------------------------------------ internals
-    def _advance(self, actions: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        t = self._tables
-        aff = self._affordance_id(self.positions, self.layout_id) + 1
-        valid = self._mask(self.positions, self.meters, self.hour, self.layout_id).gather(1, actions.view(-1, 1))
-        valid = valid.squeeze(1)
-        moved = valid & (actions < INTERACT)
-        used = valid & (actions == INTERACT)
+    def _advance(self, actions: torch.Tensor) -> tuple[Any, ...]:
+        """One tick for every agent; `actions` is a valid int64 tensor on the world's device."""
+        *outputs, cell = self._rules(actions)
+        return self._observe(*self._state(), cell=cell), *outputs
 
-        # Phase 1: the action.
-        positions = self.positions + self._moves[actions] * moved.view(-1, 1)
-        progress = torch.where(used, self.progress + 1, 0)
-        completed = used & (progress >= t.ticks[aff])
-        progress = torch.where(completed, 0, progress)
-        meters = (
-            self.meters
-            - moved.view(-1, 1) * self._move_cost
-            + used.view(-1, 1) * t.use_delta[aff]
-            + completed.view(-1, 1) * t.bonus[aff]
-        ).clamp(0.0, 1.0)
+    def _rules(self, actions: torch.Tensor) -> tuple[Any, ...]:
+        """The tick without the observation: (reward, terminated, truncated, info, last state, cell of each
+        agent now or None)."""
+        traced = torch.compiler.is_compiling()
+        t, k = self._tables, self._numbers if traced else self._scalars
+        meters, hour = self.meters, self.hour
+        cell, aff1 = self._locate(self.positions, self.layout_id)
+        move_key = torch.add(actions, cell, alpha=NUM_ACTIONS)
+        moved = self._move_ok.index_select(0, move_key)
+        new_cell = self._move_target.index_select(0, move_key)
+        # INTERACT is used when something is here, open now and affordable (+inf floors rule out the rest)
+        use_key = torch.add(hour, aff1, alpha=self._day) if self._temporal else aff1
+        use_key = torch.add(actions, use_key, alpha=NUM_ACTIONS)
+        used = torch.ge(meters.select(1, self._money), self._use_floor.index_select(0, use_key))
+        invalid = torch.eq(moved, used)  # neither (both never: a move is not a use)
+
+        # Phase 1: the action. A move pays the move cost, a use its meter change (cost included).
+        positions = self._xy_of_cell.index_select(0, new_cell)
+        delta_row = torch.where(used, aff1 + k.use_row0, move_key)
+        meters = meters + self._deltas.index_select(0, delta_row)
+        if self._temporal:
+            progress = (self.progress + k.one).mul_(used)
+            completed = torch.ge(progress, t.ticks.index_select(0, aff1))
+            meters += t.bonus.index_select(0, aff1 * completed)
+        else:  # every use takes one tick
+            progress, completed = torch.zeros_like(self.progress), used
+        meters.clamp_(0.0, 1.0)
 
         # Phase 2: passive drain and modulation, from the meters after phase 1.
-        src, _, base, offset, scale = self._mod
-        modulation = base * (offset + scale * (1.0 - meters[:, src]))
-        drain = self._drain + modulation.view(-1, 1) * self._mod_target_onehot
-        meters = (meters - self.depletion.view(-1, 1) * drain).clamp(0.0, 1.0)
+        modulation = torch.rsub(meters.narrow(1, self._mod[0], 1), k.float_one)  # [N, 1]
+        modulation.mul_(k.mod_scale).add_(k.mod_offset).mul_(k.mod_base)
+        drain = torch.addcmul(self._drain, modulation, self._mod_target_onehot)
+        meters.sub_(drain.mul_(self.depletion.unsqueeze(1))).clamp_(0.0, 1.0)
 
         # Phase 3: cascades, all from the meters after phase 2.
-        shortfall = (self._casc_thr - meters[:, self._casc_src]).clamp(min=0.0) / self._casc_thr
-        meters = (meters - (self._casc_strength * shortfall) @ self._casc_to_target).clamp(0.0, 1.0)
+        shortfall = torch.sub(self._casc_thr, meters.index_select(1, self._casc_src))
+        shortfall.clamp_(min=0.0).div_(self._casc_thr).mul_(self._casc_strength)
+        meters.sub_(shortfall @ self._casc_to_target).clamp_(0.0, 1.0)
 
         # Phase 4: death, reward, counters, clock.
-        empty = meters[:, self._terminal] < _EPS
+        empty = torch.lt(meters.index_select(1, self._terminal), k.eps)
         terminated = empty.any(dim=1)
-        steps = self.steps + 1
-        truncated = (steps >= self._max_steps) & ~terminated
-        reward = self._reward(terminated, steps, meters)
+        steps = self.steps + k.one
+        truncated = torch.ge(steps, k.max_steps).gt_(terminated)  # and not terminated
+        reward = self._reward(terminated, steps, meters, traced, k)
         episode_return = self.episode_return + reward
-        hour = self.hour
         if self._temporal:
-            hour = (hour + 1) % self._day
-            # A use is abandoned when its affordance closes.
-            still_open = t.open_at[self._affordance_id(positions, self.layout_id) + 1, hour]
-            progress = torch.where(still_open, progress, 0)
-
+            hour = torch.remainder(hour + k.one, k.day)
+            # A use is abandoned when its affordance closes (a use never moves: aff1 is still the one here).
+            still_open = self._open_flat.index_select(0, torch.add(hour, aff1, alpha=self._day))
+            progress.mul_(still_open.gt_(completed))
         done = terminated | truncated
-        cause = torch.where(
-            terminated,
-            empty.to(torch.int8).argmax(dim=1) + 1,
-            torch.where(truncated, len(self.CAUSES) - 1, 0),
-        )
         info = {
             "done": done,
             "terminated": terminated,
             "truncated": truncated,
-            "cause": cause,
             "episode_length": steps,
             "episode_return": episode_return,
-            "invalid": ~valid,
+            "invalid": invalid,
             "completed": completed,
         }
         last = (positions, meters, hour, progress, self.layout_id)
         self.positions, self.meters, self.hour, self.progress = positions, meters, hour, progress
         self.steps, self.episode_return = steps, episode_return
-        self._begin_episodes(done)
-        return self._observe(*self._state()), reward, terminated, truncated, info, last
+        if traced or not self._host_reads_free or bool(done.any()):
+            self._begin_episodes(done)
+            new_cell = None  # some agents moved to a new start: recompute
+        return reward, terminated, truncated, info, last, new_cell
+
+    def _cause(self, meters: torch.Tensor, truncated: torch.Tensor) -> torch.Tensor:
+        """[N] index into `CAUSES` of a step that ended with these meters: the first empty terminal meter,
+        else truncation, else running (the first set column of [empty meters, truncated, always set])."""
+        empty = torch.lt(meters.index_select(1, self._terminal), _EPS)
+        flags = torch.cat([empty, truncated.unsqueeze(1), self._flag_column], dim=1)
+        return self._cause_of.index_select(0, flags.to(torch.uint8).argmax(dim=1))
 
     def _state(self) -> tuple[torch.Tensor, ...]:
         return self.positions, self.meters, self.hour, self.progress, self.layout_id
 
-    def _check_actions(self, actions: torch.Tensor) -> None:
+    def _check_actions(self, actions: Any) -> torch.Tensor:
+        """`actions` as an int64 tensor on the world's device; with `validate_actions`, checked first."""
+        n = self.num_agents
+        if isinstance(actions, np.ndarray):
+            if actions.dtype.kind not in "iu":
+                raise ValueError(f"actions must be integers (int64 or any int dtype), got numpy {actions.dtype}")
+            if actions.shape != (n,):
+                raise ValueError(f"actions must have shape [{n}], got {list(actions.shape)}")
+            if self.validate_actions and (actions.min() < 0 or actions.max() >= NUM_ACTIONS):
+                raise ValueError(f"actions must be in [0, {NUM_ACTIONS - 1}] ({', '.join(ACTION_NAMES)})")
+            return torch.as_tensor(actions, dtype=torch.long, device=self.device)
         if not isinstance(actions, torch.Tensor):
-            raise ValueError(f"actions must be a torch.Tensor of shape [{self.num_agents}], got {type(actions)}")
-        if actions.shape != (self.num_agents,):
-            raise ValueError(f"actions must have shape [{self.num_agents}], got {list(actions.shape)}")
-        if actions.dtype != torch.int64:
-            raise ValueError(f"actions must be an int64 (torch.long) tensor, got dtype {actions.dtype}")
-        if actions.device != self.device:
-            raise ValueError(f"actions must be on {self.device}, got {actions.device}")
-        low, high = torch.aminmax(actions)
-        if low < 0 or high >= NUM_ACTIONS:
-            raise ValueError(f"actions must be in [0, {NUM_ACTIONS - 1}] ({', '.join(ACTION_NAMES)})")
+            raise ValueError(
+                f"actions must be a torch.Tensor (or numpy array) of ints of shape [{n}], got {type(actions)}"
+            )
+        if self.validate_actions:
+            if actions.shape != (n,):
+                raise ValueError(f"actions must have shape [{n}], got {list(actions.shape)}")
+            if actions.dtype not in _ACTION_DTYPES:
+                raise ValueError(f"actions must be integers (int64 or any int dtype), got dtype {actions.dtype}")
+            if n == 1:
+                low = high = actions.item()
+            else:
+                low, high = (v.item() for v in torch.aminmax(actions))
+            if low < 0 or high >= NUM_ACTIONS:
+                raise ValueError(f"actions must be in [0, {NUM_ACTIONS - 1}] ({', '.join(ACTION_NAMES)})")
+        if actions.dtype != torch.long or actions.device != self.device:
+            actions = actions.to(self.device, torch.long)
+        return actions
+
+    _located: tuple[Any, ...] | None = None
+
+    def _locate(
+        self, positions: torch.Tensor, layout_id: torch.Tensor, cell: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """[N] cell (y * G + x) and [N] affordance id + 1 there (0: none); `cell` when the caller has it.
+
+        Run eagerly, the last answer is kept while neither tensor is replaced or written to (their version
+        counters say so), so a step, the mask after it and the next step look agents up once between them."""
+        traced = torch.compiler.is_compiling()
+        if not traced:
+            known = self._located
+            if (known is not None and known[0] is positions and known[1] is layout_id
+                    and known[2] == positions._version and known[3] == layout_id._version):
+                return known[4], known[5]
+        g = self.grid_size
+        if cell is None:
+            cell = torch.add(positions.select(1, 0), positions.select(1, 1), alpha=g)
+        aff1 = self._pool_aff1.index_select(0, torch.add(cell, layout_id, alpha=g * g))
+        if not traced:
+            self._located = (positions, layout_id, positions._version, layout_id._version, cell, aff1)
+        return cell, aff1
 
     def _affordance_id(self, positions: torch.Tensor, layout_id: torch.Tensor) -> torch.Tensor:
         g = self.grid_size
@@ -476,48 +646,89 @@ class World:
     def _mask(
         self, positions: torch.Tensor, meters: torch.Tensor, hour: torch.Tensor, layout_id: torch.Tensor
     ) -> torch.Tensor:
-        t, g = self._tables, self.grid_size
-        aff = self._affordance_id(positions, layout_id) + 1
-        x, y = positions[:, 0], positions[:, 1]
-        can_pay = meters[:, self._money] >= t.cost_tick[aff] - _EPS
-        usable = (aff > 0) & can_pay & t.open_at[aff, hour]
-        return torch.stack([y > 0, y < g - 1, x > 0, x < g - 1, usable], dim=1)
+        cell, aff1 = self._locate(positions, layout_id)
+        key = torch.add(hour, aff1, alpha=self._day) if self._temporal else aff1
+        usable = torch.ge(meters.select(1, self._money), self._usable_floor.index_select(0, key))
+        return self._mask_rows.index_select(0, torch.add(usable, cell, alpha=2))
 
-    def _reward(self, died: torch.Tensor, t: torch.Tensor, meters: torch.Tensor) -> torch.Tensor:
-        every, bonus, big_every, big_bonus, milestone_death, per_tick, survival_death, weight = self._reward_numbers
-        milestone = bonus * (t % every == 0) + big_bonus * (t % big_every == 0)
-        alive = torch.full_like(self.depletion, per_tick)
-        shaped = alive + weight * torch.minimum(meters[:, self._energy], meters[:, self._health])
-        table = torch.stack([milestone.float(), alive, shaped], dim=1)
-        reward = table.gather(1, self.reward_mode.view(-1, 1)).squeeze(1)
-        death = torch.where(self.reward_mode == 0, milestone_death, survival_death)
-        return torch.where(died, death, reward)
+    def _uniform_mode(self) -> int:
+        """The reward mode every agent has, when known without reading the tensor (else -1)."""
+        known = self._known_mode
+        if known is not None and known[0] is self.reward_mode and known[1] == self.reward_mode._version:
+            return known[2]
+        return -1
+
+    def _note_uniform_mode(self, mode: int | None) -> None:
+        self._known_mode = None if mode is None else (self.reward_mode, self.reward_mode._version, mode)
+
+    def _milestone(self, t: torch.Tensor, k: _Scalars) -> torch.Tensor:
+        if self._milestone_period is not None:
+            return self._milestone_table.index_select(0, torch.remainder(t, k.milestone_period))
+        every, bonus, big_every, big_bonus = self._reward_numbers[:4]
+        return bonus * (t % every == 0) + big_bonus * (t % big_every == 0)
+
+    def _reward(
+        self, died: torch.Tensor, t: torch.Tensor, meters: torch.Tensor, traced: bool, k: _Scalars
+    ) -> torch.Tensor:
+        mode = -1 if traced else self._uniform_mode()
+        if mode == 0:
+            return torch.where(died, k.death_milestone, self._milestone(t, k))
+        if mode == 1:
+            return torch.where(died, k.death_survival, self._alive)
+        shaped = torch.minimum(meters.select(1, self._energy), meters.select(1, self._health))
+        shaped.mul_(k.shaped_weight).add_(k.per_tick)
+        if mode == 2:
+            return torch.where(died, k.death_survival, shaped)
+        table = torch.stack([self._milestone(t, k), self._alive, shaped], dim=1)
+        reward = torch.take(table, self._agent_rows3 + self.reward_mode)
+        return torch.where(died, self._death_by_mode.index_select(0, self.reward_mode), reward)
 
     def _begin_episodes(self, starting: torch.Tensor) -> None:
         """Reset the agents in the bool mask `starting` [N] to a fresh episode (batched, no host sync)."""
-        self.episode += starting.long()
-        pool = agent_randint(self.seed, self._agent_ids, self.episode, _STREAM_LAYOUT, self._pool_size)
-        self.layout_id = torch.where(starting, pool, self.layout_id)
-        g = self.grid_size
-        cell = agent_randint(self.seed, self._agent_ids, self.episode, _STREAM_SPAWN, g * g)
-        spawn = torch.stack([cell % g, cell // g], dim=1)
-        keep = starting.view(-1, 1)
-        start = self._start.expand_as(self.meters)
+        self.episode += starting
+        offsets = self._draw_offsets if self._random_starts_on else self._draw_offsets[:2]
+        # The new episodes' values are computed for `rows` and written in with `put`: on the CPU for the
+        # starting agents only (finding them costs no device round trip), elsewhere for all, kept by a where.
+        if self._host_reads_free and not torch.compiler.is_compiling():
+            rows = starting.nonzero().view(-1)
+            count = rows.shape[0]
+
+            def pick(values: torch.Tensor) -> torch.Tensor:
+                return values.index_select(0, rows)
+
+            def put(state: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+                return state.clone().index_copy_(0, rows, values.expand(count, *state.shape[1:]))
+        else:
+            rows, count = None, self.num_agents
+
+            def pick(values: torch.Tensor) -> torch.Tensor:
+                return values
+
+            def put(state: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+                return torch.where(starting.view(-1, *[1] * (state.dim() - 1)), values, state)
+
+        bits = agent_bits(pick(self._agent_terms), pick(self.episode), offsets, plain=rows is None)  # [count, K]
+        draws = bits[:, :2] % self._draw_high
+        layout = draws[:, 0]
+        spawn = self._xy_of_cell.index_select(0, draws[:, 1])
+        start = self._start
         if self._random_starts_on:
-            draw = agent_uniform(self._agent_ids, self.episode, self._start_offsets)  # [N, 2 + M]
-            exploring = draw[:, 0] < self.random_starts
+            draw = bits_to_uniform(bits[:, 2:])  # [count, 2 + M]
+            exploring = draw[:, 0] < pick(self.random_starts)
             low = self._random_low
             start = torch.where(exploring.view(-1, 1), low + draw[:, 1:-1] * (1.0 - low), start)
             which = (draw[:, -1] * self.num_affordances).long().clamp(max=self.num_affordances - 1)
-            on_affordance = self._pool_positions[self.layout_id, which]  # [N, 2]
+            on_affordance = self._pool_positions[layout, which]  # [count, 2]
             spawn = torch.where(exploring.view(-1, 1), on_affordance, spawn)
-            self.exploring = torch.where(starting, exploring, self.exploring)
-        self.positions = torch.where(keep, spawn, self.positions)
-        self.meters = torch.where(keep, start, self.meters)
-        self.steps = torch.where(starting, 0, self.steps)
-        self.hour = torch.where(starting, self._start_hour, self.hour)
-        self.progress = torch.where(starting, 0, self.progress)
-        self.episode_return = torch.where(starting, 0.0, self.episode_return)
+            self.exploring = put(self.exploring, exploring)
+        self.layout_id = put(self.layout_id, layout)
+        self.positions = put(self.positions, spawn)
+        self.meters = put(self.meters, start)
+        k = self._scalars if rows is not None else self._numbers
+        self.steps = put(self.steps, k.zero)
+        self.hour = put(self.hour, k.start_hour)
+        self.progress = put(self.progress, k.zero)
+        self.episode_return = put(self.episode_return, k.zero_float)
 
     def _observe(
         self,
@@ -526,31 +737,110 @@ class World:
         hour: torch.Tensor,
         progress: torch.Tensor,
         layout_id: torch.Tensor,
+        cell: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Observation of the given state, built from comparisons and one cat so it compiles to one pass."""
+        """Observation of the given state (`cell`: y * G + x of `positions`, when the caller has it).
+
+        Each field is a comparison, a division or a copy. Run eagerly, each writes its slice of one fresh
+        tensor (no intermediate the size of the observation); compiled, they are concatenated (Inductor then
+        writes them in one pass)."""
         lay, g = self.obs_layout, self.grid_size
-        x, y = positions[:, 0], positions[:, 1]
-        aff = self._affordance_id(positions, layout_id) + 1
-        parts: list[torch.Tensor] = []
+        n = positions.shape[0]
+        cell, aff1 = self._locate(positions, layout_id, cell)
+        # (kind, shape, a, b) per field in order: "eq" the one-hot a == b, "div" a / b, "take" the rows b of
+        # table a, "copy" a itself
+        fields: list[tuple[str, tuple[int, ...], torch.Tensor, torch.Tensor | None]] = []
         if lay.is_partial:
             side = self._padded_side
-            base = (layout_id * side * side + y * side + x).view(-1, 1)
-            cells = self._pool_window.view(-1)[base + self._win_offsets]  # [N, W*W]
+            if torch.compiler.is_compiling():  # an index Inductor computes in its loop (no table of rows)
+                corner = layout_id * (side * side) + positions[:, 1] * side + positions[:, 0]
+                cells = self._pool_window.view(-1)[corner.unsqueeze(1) + self._win_offsets]
+            else:  # W gathers of W cells each
+                rows = torch.add(self._window_rows_of_cell.index_select(0, cell), layout_id.unsqueeze(1),
+                                 alpha=side * side)
+                cells = self._window_runs.index_select(0, rows.view(-1)).view(n, -1)  # [N, W*W]
             if lay.window_channels == 1:
-                parts.append(cells)
-            else:  # channel-major one-hot [N, C, W*W]; an empty cell writes 0 into its own outside slot
-                chan = cells.long()
-                area = cells.shape[1]
-                index = chan.clamp(max=lay.window_channels - 1) * area + self._window_cells
-                window = torch.zeros(cells.shape[0], lay.window_channels * area, device=cells.device)
-                parts.append(window.scatter_(1, index, (chan < lay.window_channels).float()))
-            parts.append(positions.float() / (g - 1))
+                fields.append(("copy", cells.shape, cells, None))
+            else:  # channel-major one-hot [N, C, W*W]; an empty cell (channel C) writes no 1
+                fields.append(("eq", (n, lay.window_channels, cells.shape[1]), cells.unsqueeze(1),
+                               self._window_channels))
+            fields.append(("take", (n, 2), self._position_obs, cell))
         else:
-            parts.append(((y * g + x).view(-1, 1) == self._cell_ids).float())
-        parts.append(meters)
-        parts.append((aff.view(-1, 1) == self._here_ids).float())
+            fields.append(("eq", (n, g * g), cell.unsqueeze(1), self._cell_ids))
+        fields.append(("copy", (n, meters.shape[1]), meters, None))
+        fields.append(("eq", (n, self.num_affordances + 1), aff1.unsqueeze(1), self._here_ids))
         if lay.is_temporal:
-            angle = (hour.float() * (2 * math.pi / self._day)).view(-1, 1)
-            ticks = self._tables.ticks[aff].float().view(-1, 1)
-            parts += [torch.sin(angle), torch.cos(angle), progress.float().view(-1, 1) / ticks]
-        return torch.cat(parts, dim=1)
+            fields.append(("take", (n, 2), self._clock, hour))
+            fields.append(("div", (n,), progress, self._ticks_float.index_select(0, aff1)))
+        if torch.compiler.is_compiling():
+            first = 0
+            parts = []
+            if lay.window_channels > 1:
+                # Inductor would gather each cell once per channel for the comparison; scattering one value
+                # per cell does not (an empty cell, channel C, writes its 0 into the outside channel)
+                channel = cells.long()
+                area = channel.shape[1]
+                index = channel.clamp(max=lay.window_channels - 1) * area + self._window_cells
+                window = torch.zeros(n, lay.window_channels * area, device=cells.device)
+                parts, first = [window.scatter_(1, index, (channel < lay.window_channels).float())], 1
+            parts += [self._field(kind, a, b).float().view(n, -1) for kind, _, a, b in fields[first:]]
+            return torch.cat(parts, dim=1)
+        if n * lay.dim <= self._CONCAT_BELOW:
+            # small batches: fewer operations count more than one more pass over a small tensor
+            parts = []
+            for i, (kind, shape, a, b) in enumerate(fields):
+                if kind in ("eq", "div"):  # written into a kept buffer: [N, size] and its view as `shape`
+                    flat, shaped = self._scratch(i, shape)
+                    self._field(kind, a, b, shaped)
+                    parts.append(flat)
+                else:
+                    parts.append(self._field(kind, a, b))
+            return torch.cat(parts, dim=1)
+        obs = self._output_buffer(n, lay.dim)
+        start = 0
+        for kind, shape, a, b in fields:
+            size = math.prod(shape[1:])
+            out = obs.narrow(1, start, size).view(shape) if len(shape) != 1 else obs.select(1, start)
+            if kind == "copy":
+                out.copy_(a)
+            else:
+                self._field(kind, a, b, out)
+            start += size
+        return obs
+
+    def _output_buffer(self, n: int, dim: int) -> torch.Tensor:
+        """A tensor for a large observation: the one returned last time when nothing refers to it any more
+        (the caller dropped it and holds no view, array or alias of it), else a new one. On the CPU a fresh
+        multi-megabyte tensor costs page faults on every step; a recycled one that no one can see does not."""
+        spare = self._spare_output
+        if not (
+            self._host_reads_free and spare is not None and spare.shape == (n, dim) and not spare.requires_grad
+            # references: this local, the attribute, the argument; and no other tensor on its memory
+            and sys.getrefcount(spare) == 3 and spare._use_count() == 1
+            and torch._C._storage_Use_Count(spare.untyped_storage()._cdata) == 2
+        ):
+            spare = torch.empty(n, dim, device=self.device)
+        self._spare_output = spare
+        return spare
+
+    _spare_output: torch.Tensor | None = None
+    _CONCAT_BELOW = 1 << 15  # observations of at most this many numbers are concatenated from their fields
+
+    @staticmethod
+    def _field(kind: str, a: torch.Tensor, b: torch.Tensor | None, out: torch.Tensor | None = None) -> torch.Tensor:
+        if kind == "eq":
+            return torch.eq(a, b) if out is None else torch.eq(a, b, out=out)
+        if kind == "div":
+            return torch.div(a, b) if out is None else torch.div(a, b, out=out)
+        if kind == "take":
+            return a.index_select(0, b) if out is None else torch.index_select(a, 0, b, out=out)
+        return a
+
+    def _scratch(self, index: int, shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+        """A float32 buffer kept for field `index` of small observations, as [N, size] and viewed as `shape`."""
+        buffers = self.__dict__.setdefault("_scratch_buffers", {})
+        key = (index, shape)
+        if key not in buffers:
+            flat = torch.empty(shape[0], math.prod(shape[1:]), device=self.device)
+            buffers[key] = (flat, flat.view(shape))
+        return buffers[key]

@@ -216,6 +216,8 @@ class TownletEnv(gymnasium.Env[np.ndarray, np.int64]):
         self._ended = False
         self._begin_render_state(self.world.observe()[0].cpu().numpy())
         self._mask = self.world.action_mask()[0].cpu().numpy()
+        # one tensor per action, made once: a step then creates no tensor from a Python number
+        self._action_tensors = [torch.tensor([a], device=self.world.device) for a in range(NUM_ACTIONS)]
 
     # ------------------------------------------------------------------ gymnasium API
     def reset(
@@ -245,31 +247,28 @@ class TownletEnv(gymnasium.Env[np.ndarray, np.int64]):
     def step(self, action: Any) -> tuple[np.ndarray, SupportsFloat, bool, bool, dict[str, Any]]:
         if self._ended:
             raise RuntimeError("the episode has ended (terminated or truncated): call reset() before step()")
-        a = self._action_index(action)
         world = self.world
-        obs, reward, terminated, truncated, info = world.step(
-            torch.full((1,), a, dtype=torch.long, device=world.device)
-        )
-        done = bool(info["done"][0])
-        if done:
+        obs, reward, terminated, truncated, info = world.step(self._action_tensors[self._action_index(action)])
+        # one agent: every tensor holds one value, read with .item() (no indexing operation first)
+        if info["done"].item():
             obs, mask = info["final_obs"], info["final_mask"]
+            cause = world.CAUSES[info["cause"].item()]
             self._ended = True
             self._unused_episode = True  # the world has begun the next episode; reset() hands it out
         else:
-            mask = world.action_mask()
-        obs_np = obs[0].cpu().numpy()
-        cause = world.CAUSES[int(info["cause"][0])]
-        self._mask = mask[0].cpu().numpy()
+            mask, cause = world.action_mask(), world.CAUSES[0]
+        obs_np = obs.cpu().numpy()[0]
+        self._mask = mask.cpu().numpy()[0]
         step_info = {
             "action_mask": self._mask.copy(),
-            "invalid": bool(info["invalid"][0]),
-            "completed": bool(info["completed"][0]),
+            "invalid": info["invalid"].item(),
+            "completed": info["completed"].item(),
             "cause": cause,
-            "episode_length": int(info["episode_length"][0]),
-            "episode_return": float(info["episode_return"][0]),
+            "episode_length": info["episode_length"].item(),
+            "episode_return": info["episode_return"].item(),
         }
         self._render_obs, self._render_steps, self._render_cause = obs_np, step_info["episode_length"], cause
-        return obs_np, float(reward[0]), bool(terminated[0]), bool(truncated[0]), step_info
+        return obs_np, reward.item(), terminated.item(), truncated.item(), step_info
 
     def render(self) -> str | None:
         if self.render_mode is None:
@@ -283,6 +282,8 @@ class TownletEnv(gymnasium.Env[np.ndarray, np.int64]):
 
     # ------------------------------------------------------------------ helpers
     def _action_index(self, action: Any) -> int:
+        if type(action) is int and 0 <= action < NUM_ACTIONS:  # the common case, checked without numpy
+            return action
         a = np.asarray(action)
         if a.size != 1 or not np.issubdtype(a.dtype, np.integer):
             raise ValueError(f"action must be one int in [0, {NUM_ACTIONS - 1}], got {action!r}")

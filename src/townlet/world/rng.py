@@ -6,6 +6,8 @@ change when other agents reset, and the same seed gives the same draws on CPU an
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 _MASK64 = (1 << 64) - 1
@@ -27,11 +29,23 @@ def _shift_right(z: torch.Tensor, k: int) -> torch.Tensor:
     return (z >> k) & ((1 << (64 - k)) - 1)
 
 
-def mix64(z: torch.Tensor) -> torch.Tensor:
-    """SplitMix64's finaliser on int64 tensors (wrapping arithmetic)."""
-    z = (z ^ _shift_right(z, 30)) * _MIX1
-    z = (z ^ _shift_right(z, 27)) * _MIX2
-    return z ^ _shift_right(z, 31)
+# SplitMix64's finaliser (wrapping int64 arithmetic), in place on a tensor the caller owns. Its operands as 0-dim
+# tensors (eagerly, a tensor operand costs less per call than a Python int that has to be wrapped) or as plain
+# ints (compiled: folded into the code).
+_NUMBERS = {
+    "s11": 11, "s27": 27, "s30": 30, "s31": 31, "mask11": (1 << 53) - 1, "mask27": (1 << 37) - 1,
+    "mask30": (1 << 34) - 1, "mask31": (1 << 33) - 1, "mix1": _MIX1, "mix2": _MIX2, "episode": _EPISODE,
+}
+_CONSTANTS = {name: torch.tensor(value) for name, value in _NUMBERS.items()}
+
+
+def _mix64_(z: torch.Tensor, c: dict[str, Any]) -> torch.Tensor:
+    z ^= (z >> c["s30"]).bitwise_and_(c["mask30"])
+    z *= c["mix1"]
+    z ^= (z >> c["s27"]).bitwise_and_(c["mask27"])
+    z *= c["mix2"]
+    z ^= (z >> c["s31"]).bitwise_and_(c["mask31"])
+    return z
 
 
 def stream_offset(seed: int, stream: int) -> int:
@@ -39,20 +53,23 @@ def stream_offset(seed: int, stream: int) -> int:
     return _signed(seed * 0x9E3779B97F4A7C15 + stream * 0xE7037ED1A0B428DB)
 
 
-def _bits(agents: torch.Tensor, episodes: torch.Tensor, offset: int | torch.Tensor) -> torch.Tensor:
-    """53 random bits (as a non-negative int64) per (agent, episode, offset)."""
-    return _shift_right(mix64(mix64(agents * _AGENT + episodes * _EPISODE + offset)), 11)
+def agent_term(agents: torch.Tensor) -> torch.Tensor:
+    """The agents' share of the counter, fixed for a world's life (`agent_bits` takes it precomputed)."""
+    return agents * _AGENT
 
 
-def agent_randint(
-    seed: int, agents: torch.Tensor, episodes: torch.Tensor, stream: int, high: int
+def agent_bits(
+    agent_terms: torch.Tensor, episodes: torch.Tensor, offsets: torch.Tensor, plain: bool = False
 ) -> torch.Tensor:
-    """One integer in [0, high) per agent for draw `stream` of its episode `episodes[i]`."""
-    return _bits(agents, episodes, stream_offset(seed, stream)) % high
+    """[N, K] non-negative int64 of 53 random bits: one per agent (its `agent_term`) and per stream offset
+    (`offsets` [K] from `stream_offset`, kept on the device), for episode `episodes[i]`. `plain`: the
+    constants as Python ints (for code that is compiled)."""
+    c = _NUMBERS if plain else _CONSTANTS
+    z = torch.mul(episodes, c["episode"]).add_(agent_terms).unsqueeze(1) + offsets
+    return _mix64_(_mix64_(z, c), c).__irshift__(c["s11"]).bitwise_and_(c["mask11"])
 
 
-def agent_uniform(agents: torch.Tensor, episodes: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
-    """[N, K] float32 in [0, 1): one draw per agent and per stream, `offsets` [K] from `stream_offset` (kept on
-    the device by the caller, so drawing needs no host-to-device copy)."""
-    bits = _bits(agents.view(-1, 1), episodes.view(-1, 1), offsets.view(1, -1))
+def bits_to_uniform(bits: torch.Tensor) -> torch.Tensor:
+    """float32 in [0, 1) from `agent_bits` (their top 24 bits)."""
     return _shift_right(bits, 29).float() * (1.0 / (1 << 24))
+
