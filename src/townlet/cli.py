@@ -381,8 +381,6 @@ def sweep(
 ) -> None:
     """Train every --grid setting × seed as a Ray Tune trial, each an ordinary run directory; then a results table
     (greedy and training survival, mean ± 95% CI across seeds, best first) and a plot. See docs/sweep.md."""
-    from rich.markup import escape
-
     from townlet.train import sweep as sweeps
 
     try:
@@ -398,20 +396,19 @@ def sweep(
             sweep_dir = out or Path("sweeps") / f"{Path(target).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
             plan, trials = sweeps.plan_sweep(sweep_dir, target, seeds, grid or [], set_ or [], minutes, steps,
                                              episodes, scheduler)
-        console.print(f"sweep {plan['config']}: {len(trials)} trials -> {sweep_dir}", highlight=False)
+        _say(f"sweep {plan['config']}: {len(trials)} trials -> {sweep_dir}")
         outcome, files = sweeps.sweep(sweep_dir, plan, trials, resume=resume is not None, concurrent=concurrent,
                                       address=address, retries=retries,
-                                      log=lambda line: console.print(line, highlight=False))
+                                      log=_say)
     except (ConfigError, sweeps.SweepError) as e:
-        raise _fail(escape(str(e))) from None
+        raise _fail(str(e)) from None
     for r in outcome.failed:
-        console.print(f"failed: {r['name']} seed {r['seed']}: {r['error']}", markup=False, highlight=False)
+        _say(f"failed: {r['name']} seed {r['seed']}: {r['error']}")
     for path in files:
-        console.print(f"  {path}", highlight=False)
-    console.print(f"results: {sweep_dir / sweeps.RESULTS_MD}", highlight=False)
+        _say(f"  {path}")
+    _say(f"results: {sweep_dir / sweeps.RESULTS_MD}")
     if outcome.failed:
-        console.print(f"{len(outcome.failed)} trial(s) failed; run them again with: townlet sweep --resume "
-                      f"{sweep_dir}", highlight=False)
+        _say(f"{len(outcome.failed)} trial(s) failed; run them again with: townlet sweep --resume {sweep_dir}")
         raise typer.Exit(1)
 
 
