@@ -50,7 +50,7 @@ def shorten(text: str, limit: int = QUOTE_CHARS) -> str:
     return text if len(text) <= limit else f"{text[: limit - 1]}… ({len(text):,} characters)"
 
 
-# libyaml's parser where PyYAML has it (about 20x faster on a large file), else PyYAML's own; same results
+# libyaml's parser where PyYAML has it (much faster on a large file), else PyYAML's own; same results
 _LOADER: type = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 

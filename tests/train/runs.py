@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import os
 from pathlib import Path
 
 from townlet.train import Trainer, load_run_config
@@ -20,3 +22,27 @@ def make_run(path: Path, steps: int = 2000, seed: int = 5, capacity: int = 4000,
     with few_threads("cpu"):
         Trainer(load_run_config("L0_minimal", overrides), path).run()
     return path
+
+
+class FullDisk:
+    """A file on a disk that fills up after `room` bytes: the next write fails as the kernel's would."""
+
+    def __init__(self, file, room: int) -> None:
+        self.file, self.room = file, room
+
+    def write(self, data) -> int:
+        if len(data) > self.room:
+            self.file.write(bytes(data)[: self.room])
+            self.room = 0
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        self.room -= len(data)
+        return self.file.write(data)
+
+    def flush(self) -> None:
+        self.file.flush()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.file.close()

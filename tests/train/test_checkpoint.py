@@ -14,6 +14,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from tests.train.runs import FullDisk
 from townlet.cli import app
 from townlet.replay import SequenceReplay, TransitionReplay
 from townlet.train import Trainer, load_run_config, open_run
@@ -220,30 +221,6 @@ def test_an_unreadable_newest_checkpoint_is_named_set_aside_and_never_costs_a_go
 
 
 # ---------------------------------------------------------------------- a full disk
-class FullDisk:
-    """A file on a disk that fills up after `room` bytes: the next write fails as the kernel's would."""
-
-    def __init__(self, file, room: int) -> None:
-        self.file, self.room = file, room
-
-    def write(self, data) -> int:
-        if len(data) > self.room:
-            self.file.write(bytes(data)[: self.room])
-            self.room = 0
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        self.room -= len(data)
-        return self.file.write(data)
-
-    def flush(self) -> None:
-        self.file.flush()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.file.close()
-
-
 def test_a_full_disk_during_a_checkpoint_names_the_file_and_enospc_and_leaves_no_temp_file(tmp_path, monkeypatch):
     save_checkpoint(tmp_path, 100, {"format": FORMAT, "w": torch.zeros(10)}, keep=3)
 

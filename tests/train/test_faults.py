@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.train.runs import FullDisk
 from townlet.train import Trainer, load_run_config, open_run
 from townlet.train import checkpoint as checkpoint_mod
 from townlet.train import report as report_mod
@@ -220,30 +221,6 @@ def test_metrics_a_kill_left_in_the_middle_of_a_write_read_as_last_committed(tmp
 
 
 # ---------------------------------------------------------------------- a full disk
-class FullDisk:
-    """A file on a disk that fills up after `room` bytes: the next write fails as the kernel's would."""
-
-    def __init__(self, file, room: int) -> None:
-        self.file, self.room = file, room
-
-    def write(self, data) -> int:
-        if len(data) > self.room:
-            self.file.write(bytes(data)[: self.room])
-            self.room = 0
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        self.room -= len(data)
-        return self.file.write(data)
-
-    def flush(self) -> None:
-        self.file.flush()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.file.close()
-
-
 def test_a_full_disk_at_a_checkpoint_stops_the_run_with_enospc_and_it_resumes_whole(reference, tmp_path,
                                                                                      monkeypatch):
     writes = []
