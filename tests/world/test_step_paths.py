@@ -73,7 +73,7 @@ def test_single_agent_range_check():
     world.step(torch.tensor([4], dtype=torch.int16))
 
 
-@pytest.mark.parametrize("level", ["L1_full", "L2_partial", "L2_partial_fixed", "L3_temporal"])
+@pytest.mark.parametrize("level", ["L1_full", "L2_partial", "L2_partial_fixed", "L2_memory", "L3_temporal"])
 def test_dense_resets_and_concatenated_observations_equal_the_cpu_paths(level):
     """Off the CPU, resets run for every agent under a mask; small batches concatenate their observation
     and large ones write it field by field. Each path gives exactly the same trajectories."""
