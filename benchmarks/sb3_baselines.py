@@ -6,6 +6,7 @@ that level) and a random valid-action policy measured in this run, as Markdown +
 
     python benchmarks/sb3_baselines.py LEVEL [--minutes 5] [--steps S] [--seed 0]
         [--algos ppo,dqn,maskable_ppo,recurrent_ppo] [--episodes 1000] [--num-envs N] [--out benchmarks/results]
+    python benchmarks/sb3_baselines.py LEVEL --replot    # rewrite the Markdown from the JSON
 
 Each algorithm trains until its budget ends: `--minutes` of wall clock, `--steps` agent-steps, or whichever comes
 first when both are given (default: 5 minutes). With a time budget, SB3's schedules (DQN's ε) advance with the
@@ -192,6 +193,11 @@ def markdown(payload: dict[str, Any]) -> str:
         lines.append(f"The townlet row is the recorded result of `benchmarks/learning.py` in "
                      f"{payload['learning_json']} (its own budget and machine speed; goal: "
                      f"{town.get('goal', 'none')}), not measured in this run.")
+        if payload["runs"]:
+            best = max(payload["runs"], key=lambda r: r["eval"]["survival_mean"])
+            ratio = town["survival_mean"] / best["eval"]["survival_mean"]
+            lines.append(f"townlet's default learner lives {ratio:.2f}× as long as the best peer here, "
+                         f"{best['label']}.")
     lines.append("PPO, DQN and RecurrentPPO act unmasked (an invalid action is a no-op, counted in the invalid "
                  "rate); MaskablePPO and townlet's learner act on the valid actions only.")
     return "\n".join(lines) + "\n"
@@ -211,7 +217,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--learning-json", type=Path,
                         default=Path(__file__).resolve().parent / "results" / "learning.json",
                         help="townlet's learning results, whose row for LEVEL goes beside the SB3 figures")
+    parser.add_argument("--replot", action="store_true",
+                        help="rewrite sb3-LEVEL.md from the sb3-LEVEL.json already in --out, without training")
     args = parser.parse_args(argv)
+    if args.replot:
+        json_path = args.out / f"sb3-{Path(args.level).stem}.json"
+        if not json_path.exists():
+            parser.error(f"--replot: {json_path} does not exist")
+        atomic_write_text(json_path.with_suffix(".md"), markdown(json.loads(json_path.read_text())))
+        print(f"wrote {json_path.with_suffix('.md')}")
+        return 0
     algos = [a.strip() for a in args.algos.split(",") if a.strip()]
     unknown = [a for a in algos if a not in ALGOS]
     if unknown or not algos:

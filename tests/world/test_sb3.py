@@ -346,5 +346,10 @@ def test_sb3_baselines_script_end_to_end_on_a_tiny_budget(tmp_path: Path, one_th
     assert "| townlet default (2 seeds, recorded) | 2 min | — | 1,500,000 |" in table
     assert "321.0 ± 4.0 (seeds)" in table
     assert "random valid actions (this run)" in table
+    best = max(payload["runs"], key=lambda r: r["eval"]["survival_mean"])
+    assert f"lives {321.0 / best['eval']['survival_mean']:.2f}× as long as the best peer here, {best['label']}" in table
+    (tmp_path / "sb3-L0_minimal.md").unlink()
+    assert script.main(["L0_minimal", "--replot", "--out", str(tmp_path)]) == 0
+    assert (tmp_path / "sb3-L0_minimal.md").read_text() == table
     with pytest.raises(SystemExit):
         script.main(["L0_minimal", "--algos", "ppo,a2c"])
