@@ -6,7 +6,6 @@ from __future__ import annotations
 import errno
 import io
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -14,7 +13,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from tests.train.runs import FullDisk
+from tests.train.runs import FullDisk, Payload
 from townlet.cli import app
 from townlet.replay import SequenceReplay, TransitionReplay
 from townlet.train import Trainer, load_run_config, open_run
@@ -154,16 +153,6 @@ def test_a_checkpoint_of_an_unknown_format_is_refused_not_skipped(run_dir, tmp_p
     result = CliRunner().invoke(app, ["train", "--resume", str(run), "--steps", "400"])
     assert result.exit_code == 2 and "ckpt_000000000300.pt" in result.output, result.output
     assert "Traceback" not in result.output
-
-
-class Payload:
-    """What a malicious checkpoint could hold: unpickling it would run a shell command."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self):
-        return os.system, (f"touch {self.marker}",)
 
 
 def test_a_malicious_checkpoint_is_refused_as_untrusted_and_never_run(run_dir, tmp_path):

@@ -4,15 +4,13 @@ sweep (`townlet.train.sweep.run_trials`, tested on Ray in test_sweep.py); here t
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
+from tests.benchmark_scripts import BENCHMARKS, load_script
 from tests.train.runs import make_run
 from townlet.train.experiment import (
     Goal,
@@ -26,18 +24,8 @@ from townlet.train.experiment import (
 )
 from townlet.train.sweep import SweepOutcome
 
-BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 FAST = ["--set", "compile_world=false"]  # a 2-second budget has no room for compiling the world
 SMALL = ["--set", "agents=16", "--set", "learner.learning_starts=500", "--set", "logging.interval_steps=1000"]
-
-
-def load_script(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look their module up while the script runs
-    spec.loader.exec_module(module)
-    return module
 
 
 class InProcess:

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.train.runs import FullDisk
+from tests.train.runs import FullDisk, Payload
 from townlet.train import Trainer, load_run_config, open_run
 from townlet.train import checkpoint as checkpoint_mod
 from townlet.train import report as report_mod
@@ -36,29 +36,14 @@ FAULT = {"agents": 16, "compile_world": False, "seed": 3,
          "logging": {"interval_steps": 400, "checkpoint_every": 800, "keep_checkpoints": 2, "tensorboard": False}}
 REFERENCE_STEPS = 4800
 
-class Dying:
-    """A checkpoint file whose writer is killed (SIGKILL, as kill -9 from outside would) once `room` bytes of it
-    reached the disk."""
 
-    def __init__(self, file, room: int) -> None:
-        self.file, self.room = file, room
+class Dying(FullDisk):
+    """A checkpoint file whose writer is killed (SIGKILL, as kill -9 from outside would) by the write that goes
+    past `room` bytes, once its first `room` bytes reached the disk."""
 
-    def write(self, data) -> int:
-        if len(data) >= self.room:
-            self.file.write(bytes(data)[: self.room])
-            self.file.flush()
-            os.kill(os.getpid(), signal.SIGKILL)
-        self.room -= len(data)
-        return self.file.write(data)
-
-    def flush(self) -> None:
+    def out_of_room(self) -> None:
         self.file.flush()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.file.close()
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def train_in_child(run_dir: str, level: str, steps: int, threads: int, kill_at_write: int, room: int) -> None:
@@ -294,14 +279,6 @@ def test_a_real_write_failure_inside_torch_save_keeps_the_systems_reason(tmp_pat
 
 
 # ---------------------------------------------------------------------- damaged and malicious checkpoints
-class Payload:
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self):
-        return os.system, (f"touch {self.marker}",)
-
-
 def test_damaged_and_malicious_newest_checkpoints_are_set_aside_and_the_run_resumes_whole(reference, tmp_path):
     run = shutil.copytree(reference.path, tmp_path / "run")
     newest = list_checkpoints(run / CHECKPOINTS)[-1]

@@ -4,12 +4,9 @@ benchmarks/sb3_baselines.py end to end on a tiny budget."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import gymnasium
@@ -25,12 +22,12 @@ from stable_baselines3.common.logger import KVWriter, Logger
 from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper
 
+from tests.benchmark_scripts import load_script
 from townlet.world.config import load_level
 from townlet.world.engine import World
 from townlet.world.sb3 import SB3Policy, TownletVecEnv, evaluate_model
 
 ENERGY = 0  # meter index
-BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 
 
 def _short_level(max_steps: int):
@@ -313,17 +310,8 @@ def test_recurrent_ppo_trains_and_its_memory_restarts_with_each_episode(one_thre
 
 
 # ---------------------------------------------------------------------------------------------- the benchmark
-def _load_script(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look their module up while the script runs
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_sb3_baselines_script_end_to_end_on_a_tiny_budget(tmp_path: Path, one_thread: None) -> None:
-    script = _load_script("sb3_baselines")
+    script = load_script("sb3_baselines")
     learning = tmp_path / "learning.json"
     learning.write_text(json.dumps({"rows": [{
         "name": "L0_minimal", "level": "L0_minimal", "seeds": [0, 1], "minutes": 2.0, "steps": None,
