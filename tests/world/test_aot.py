@@ -32,48 +32,59 @@ def play_both(eager: World, compiled: World, steps: int, gen: torch.Generator) -
     assert torch.equal(eager.action_mask(), compiled.action_mask())
 
 
-@pytest.fixture
-def cache(tmp_path, monkeypatch):
-    folder = tmp_path / "aot"
-    monkeypatch.setattr(aot, "cache_dir", lambda: folder)
-    return folder
+N = 32  # every test here uses L2_partial with N agents, so the programs compile once for the module
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("aot")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(aot, "cache_dir", lambda: folder)
+        yield folder
 
 
 def test_changes_between_steps_reach_the_compiled_step(cache):
     """Seed (a new layout pool), per-agent difficulty and reward modes, random starts and written state are
     inputs of the compiled program, not constants baked into it."""
-    eager, compiled = World("L2_partial", 32, seed=3), World("L2_partial", 32, seed=3, compile=True)
+    eager, compiled = World("L2_partial", N, seed=3), World("L2_partial", N, seed=3, compile=True)
     gen = torch.Generator().manual_seed(0)
     play_both(eager, compiled, 60, gen)
     for world in (eager, compiled):
         world.reset(seed=11)
-        world.set_difficulty(depletion=torch.linspace(0.5, 2.0, 32), reward_mode=torch.arange(32) % 3)
+        world.set_difficulty(depletion=torch.linspace(0.5, 2.0, N), reward_mode=torch.arange(N) % 3)
         world.meters[:, 3] = 0.01  # broke: uses that cost money become invalid
     play_both(eager, compiled, 80, gen)
     for world in (eager, compiled):
-        world.set_random_starts(0.5)  # a different traced program (the exploring-start draws)
+        world.set_random_starts(0.5)  # a different traced step (the exploring-start draws)
     play_both(eager, compiled, 120, gen)
     assert compiled.exploring.any()
     assert not any(name.startswith("_traced_") for name in vars(compiled))  # tracing left nothing behind
-    assert len(list(cache.glob("step-*.pt2"))) == 2 and len(list(cache.glob("observe-*.pt2"))) == 2
+    assert len(list(cache.glob("step-*.pt2"))) == 2 and len(list(cache.glob("observe-*.pt2"))) == 1
+
+
+def test_held_outputs_are_never_overwritten(cache):
+    world = World("L2_partial", N, seed=0, compile=True)
+    gen = torch.Generator().manual_seed(2)
+    held = []
+    for _ in range(20):
+        obs, reward, *_ = world.step(random_valid(world, gen))
+        held.append((obs, obs.clone(), reward, reward.clone()))
+    assert all(torch.equal(a, b) and torch.equal(r, s) for a, b, r, s in held)
+
+
+def no_compiling(*args, **kwargs):
+    raise AssertionError("compiled again")
 
 
 def test_a_compiled_program_is_loaded_from_disk_by_the_next_world(cache, monkeypatch):
-    first = World("L1_full", 8, seed=0, compile=True)
-    first.step(torch.zeros(8, dtype=torch.long))
-    first.observe()
+    World("L2_partial", N, seed=0, compile=True).step(torch.zeros(N, dtype=torch.long))  # compiled, or on disk
     kept = sorted(p.name for p in cache.iterdir())
-    assert len(kept) == 2
-
-    def no_compiling(*args, **kwargs):
-        raise AssertionError("compiled again")
-
     monkeypatch.setattr(torch._inductor, "aoti_compile_and_package", no_compiling)
-    eager, second = World("L1_full", 8, seed=5), World("L1_full", 8, seed=5, compile=True)
+    eager, second = World("L2_partial", N, seed=5), World("L2_partial", N, seed=5, compile=True)
     play_both(eager, second, 30, torch.Generator().manual_seed(1))
     assert sorted(p.name for p in cache.iterdir()) == kept
     with pytest.raises(AssertionError, match="compiled again"):  # another size is another program
-        World("L1_full", 9, seed=0, compile=True).observe()
+        World("L2_partial", N + 1, seed=0, compile=True)
 
 
 def test_a_failed_compile_leaves_no_file(cache, monkeypatch):
@@ -83,16 +94,7 @@ def test_a_failed_compile_leaves_no_file(cache, monkeypatch):
         raise RuntimeError("compiler crashed")
 
     monkeypatch.setattr(torch._inductor, "aoti_compile_and_package", dies_half_way)
+    before = sorted(cache.iterdir())
     with pytest.raises(RuntimeError, match="compiler crashed"):  # the first observation compiles
-        World("L1_full", 4, seed=0, compile=True)
-    assert list(cache.iterdir()) == []
-
-
-def test_held_outputs_are_never_overwritten(cache):
-    world = World("L2_partial", 16, seed=0, compile=True)
-    gen = torch.Generator().manual_seed(2)
-    held = []
-    for _ in range(20):
-        obs, reward, *_ = world.step(random_valid(world, gen))
-        held.append((obs, obs.clone(), reward, reward.clone()))
-    assert all(torch.equal(a, b) and torch.equal(r, s) for a, b, r, s in held)
+        World("L2_partial", N + 2, seed=0, compile=True)
+    assert sorted(cache.iterdir()) == before

@@ -169,6 +169,19 @@ def test_reset_with_seed_reproduces_episodes_and_seedless_reset_continues_the_st
     assert not np.array_equal(random_layout.reset(seed=6)[0], starts[0])
 
 
+def test_a_compiled_env_plays_the_same_episodes() -> None:
+    """`compile=True` reaches the world; episodes, seeded resets (a new layout pool) and masks are unchanged."""
+    actions = np.random.default_rng(2).integers(0, 5, size=150)
+    cfg = _small_pool_level().model_copy(update={"max_steps": 40})
+    eager, compiled = TownletEnv(cfg, seed=4), TownletEnv(cfg, seed=4, compile=True)
+    assert compiled.world._step_fn != compiled.world._advance
+    for seed in (None, 7):
+        a, b = _rollout(eager, actions, seed=seed), _rollout(compiled, actions, seed=seed)
+        assert len(a) == len(b) and all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
+    vector = TownletVectorEnv(cfg, num_envs=1, seed=4, compile=True)  # the same programs, from disk
+    assert vector.world._step_fn != vector.world._advance
+
+
 def test_single_env_episodes_match_the_world_agent() -> None:
     """The env hands out the world's own episodes: same stream as a one-agent World with that seed."""
     cfg = _short_level(6)

@@ -60,14 +60,19 @@ class _Program:
 
     def __init__(self, kind: str, names: tuple[str, ...], fn: Callable[[], tuple[torch.Tensor, ...]]) -> None:
         self.kind, self.names, self.fn = kind, names, fn
-        self._runners: dict[bool, Any] = {}  # by whether random starts are on (the traced code differs)
+        self._runners: dict[bool, Any] = {}  # by variant
+
+    def variant(self, world: World) -> bool:
+        """Whether the step draws exploring starts: the traced code differs (the observation's does not)."""
+        return self.kind == "step" and world._random_starts_on
 
     def run(self, world: World, leading: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         """Outputs for inputs `leading` (the first names) and the world's attributes named by the rest."""
         inputs = [*leading, *(getattr(world, name) for name in self.names[len(leading):])]
-        runner = self._runners.get(world._random_starts_on)
+        variant = self.variant(world)
+        runner = self._runners.get(variant)
         if runner is None:
-            runner = self._runners[world._random_starts_on] = _load_or_build(world, self, inputs)
+            runner = self._runners[variant] = _load_or_build(world, self, inputs)
         # the runner's own entry (the loaded model's __call__ re-parses its signature on every call)
         return runner.loader.run(inputs)
 
@@ -105,7 +110,7 @@ def _key(world: World, program: _Program, example: Sequence[torch.Tensor]) -> st
     for name in _SOURCES:
         digest.update((here / name).read_bytes())
     signature = [(tuple(t.shape), str(t.dtype)) for t in example]
-    parts = (torch.__version__, world.device.type, program.kind, world.num_agents, world._random_starts_on,
+    parts = (torch.__version__, world.device.type, program.kind, world.num_agents, program.variant(world),
              world.config.model_dump_json(), signature)
     digest.update(repr(parts).encode())
     return digest.hexdigest()[:32]

@@ -126,8 +126,10 @@ def _make_world(
     device: str | torch.device,
     reward_mode: str | None,
     depletion: float | None,
+    compile: bool,
 ) -> World:
-    world = World(_level_config(level), num_agents, device=device, seed=_entropy_seed() if seed is None else int(seed))
+    seed = _entropy_seed() if seed is None else int(seed)
+    world = World(_level_config(level), num_agents, device=device, seed=seed, compile=compile)
     if reward_mode is not None or depletion is not None:
         world.set_difficulty(depletion=depletion, reward_mode=reward_mode)
     return world
@@ -189,7 +191,8 @@ class TownletEnv(gymnasium.Env[np.ndarray, np.int64]):
     between the end of an episode and `reset()` therefore carries over.)
 
     `reset(options={"position": (x, y)})` places the agent. `reward_mode` / `depletion` set the world's
-    difficulty (see `World.set_difficulty`); `render_mode="ansi"` makes `render()` return a text picture.
+    difficulty (see `World.set_difficulty`); `render_mode="ansi"` makes `render()` return a text picture;
+    `compile=True` compiles the world's step (`World.compile`: slow once, then much faster steps).
     """
 
     metadata: ClassVar[dict[str, Any]] = {"render_modes": ["ansi"], "render_fps": 4}
@@ -202,11 +205,12 @@ class TownletEnv(gymnasium.Env[np.ndarray, np.int64]):
         device: str | torch.device = "cpu",
         reward_mode: str | None = None,
         depletion: float | None = None,
+        compile: bool = False,
     ) -> None:
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(f"render_mode {render_mode!r} unknown; allowed: {self.metadata['render_modes']}")
         self.render_mode = render_mode
-        self.world = _make_world(level, 1, _check_seed(seed), device, reward_mode, depletion)
+        self.world = _make_world(level, 1, _check_seed(seed), device, reward_mode, depletion, compile)
         self.config = self.world.config
         self.obs_layout = self.world.obs_layout
         self.observation_space = _observation_space(self.obs_layout)
@@ -327,12 +331,13 @@ class TownletVectorEnv(VectorEnv):
         reward_mode: str | None = None,
         depletion: float | None = None,
         episode_stats: bool = True,
+        compile: bool = False,
     ) -> None:
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(f"render_mode {render_mode!r} unknown; allowed: {self.metadata['render_modes']}")
         self.render_mode = render_mode
         self.num_envs = int(num_envs)
-        self.world = _make_world(level, self.num_envs, _check_seed(seed), device, reward_mode, depletion)
+        self.world = _make_world(level, self.num_envs, _check_seed(seed), device, reward_mode, depletion, compile)
         self.config = self.world.config
         self.obs_layout = self.world.obs_layout
         self.episode_stats = episode_stats
