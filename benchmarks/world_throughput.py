@@ -1,5 +1,5 @@
-"""World throughput: agent-steps/s of `World.step` (as it comes, and compiled) and of the single-agent
-Gymnasium env, beside the plain batched world yardstick (../shared/bench) measured in the same run.
+"""World throughput: agent-steps/s of `World.step` and of the single-agent Gymnasium env (each as it comes,
+and compiled), beside the plain batched world yardstick (../shared/bench) measured in the same run.
 
 The arms take turns in short windows (yardstick, world, compiled world, env, yardstick, ...), so a machine
 shared with other work slows them alike; each window's rate is divided by the yardstick's of the same round,
@@ -87,10 +87,10 @@ def world_step(level: str, n_agents: int, compiled: bool) -> Callable[[int], obj
     return lambda k: world.step(actions[k % 16])
 
 
-def env_step(level: str) -> Callable[[int], object]:
+def env_step(level: str, compiled: bool = False) -> Callable[[int], object]:
     """`TownletEnv.step` (resetting when an episode ends) on uniformly drawn actions, as a Gymnasium user
     or Stable-Baselines3 drives it."""
-    env = TownletEnv(level, seed=0)
+    env = TownletEnv(level, seed=0, compile=compiled)
     env.reset()
     actions = [int(a) for a in np.random.default_rng(0).integers(0, 5, 64)]
 
@@ -168,9 +168,12 @@ def main() -> None:
             start = time.perf_counter()
             arms["World (compile=True)"] = world_step(args.level, n, compiled=True)
             arms["World (compile=True)"](0)  # the first call compiles
-            print(f"(compiled for N={n} in {time.perf_counter() - start:.0f} s)", flush=True)
+            lines.append(f"(compiled for N={n} in {time.perf_counter() - start:.0f} s, or loaded if compiled before)")
+            print(lines[-1], flush=True)
         if n == 1:
             arms["TownletEnv (Gymnasium)"] = env_step(args.level)
+            if not args.no_compile:
+                arms["TownletEnv (compile=True)"] = env_step(args.level, compiled=True)
         for name, (rate, ratio, low, high) in compare(arms, n, args.rounds, args.window).items():
             line = f"{name:<28} {n:>6} {rate:>14,.0f} {ratio:>20.2f}x ({low:.2f}-{high:.2f})"
             lines.append(line)
