@@ -124,7 +124,8 @@ def local_ray():
     """One local Ray for the module's sweeps (starting it costs seconds)."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
+    ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False,
+             **sweeps.LOCAL_RAY)
     yield
     ray.shutdown()
 
@@ -210,6 +211,7 @@ def test_a_tiny_sweep_writes_run_directories_the_table_and_the_plot(first_start:
     for run in data["runs"]:  # each trial is an ordinary run directory of its setting and seed
         run_dir = Path(run["run_dir"])
         assert run_dir.parent == out / "runs" and (run["concurrent"], run["threads"]) == (2, 1)
+        assert run["niceness"] == os.nice(0)  # at the sweep's priority, not below it (Ray's default: +15)
         assert run["resumed_from"] is None
         config = (run_dir / "config.yaml").read_text()
         assert f"seed: {run['seed']}" in config and ("lr: 0.001" in config) == run["name"].endswith("1e-3")

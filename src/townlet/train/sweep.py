@@ -188,6 +188,11 @@ def _interval_metrics(row: dict[str, float | None]) -> dict[str, float]:
             "train_s": float(row["wall_s"] or 0.0)}
 
 
+# A Ray started here runs the trials at the sweep's own priority. Ray's default, worker niceness 15, puts them
+# below anything else on the machine, so any other work would take its share out of a wall-clock budget first.
+LOCAL_RAY: dict[str, Any] = {"_system_config": {"worker_niceness": 0}}
+
+
 def train_trial(
     spec: dict[str, Any], threads: int = 1, report: Callable[[dict[str, float]], None] | None = None,
     before_training: Callable[[int], float | None] | None = None, concurrent: int = 1,
@@ -208,7 +213,7 @@ def train_trial(
         trial = Trial(**spec["trial"])
         config = load_run_config_data(spec["config"], f"{PLAN_FILE}: trial {trial.run_name}")
         on_interval = (lambda row: report(_interval_metrics(row))) if report is not None else None
-        record = {"status": "finished", "threads": threads, "concurrent": concurrent,
+        record = {"status": "finished", "threads": threads, "concurrent": concurrent, "niceness": os.nice(0),
                   **train_and_evaluate(trial, run_dir, config, spec["episodes"], spec["eval_seed"], before_training,
                                        on_interval)}
         atomic_write_text(done, json.dumps(record, indent=1, default=float) + "\n")
@@ -316,8 +321,9 @@ def run_trials(
         os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
         started = not ray.is_initialized()
         if started:
+            local = address is None and "RAY_ADDRESS" not in os.environ
             ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING,
-                     configure_logging=True, log_to_driver=verbose > 0)
+                     configure_logging=True, log_to_driver=verbose > 0, **(LOCAL_RAY if local else {}))
         try:
             total, largest = _cpus()
             concurrent = concurrent or max(1, min(len(by_name), int(total)))
