@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.logger import Logger
 
 from townlet.train.checkpoint import atomic_write_text
 from townlet.train.experiment import budget_label, machine
@@ -106,6 +107,7 @@ def train_and_evaluate(level: LevelConfig, name: str, seed: int, minutes: float 
         kwargs["batch_size"] = min(kwargs["batch_size"], kwargs["n_steps"] * envs)
     env = TownletVecEnv(level, num_envs=envs, seed=seed)
     model = model_class(spec.policy, env, seed=seed, device="cpu", verbose=0, **kwargs)
+    model.set_logger(Logger(folder=None, output_formats=[]))  # no /tmp/SB3-<time> folder per run
     budget = Budget(None if minutes is None else minutes * 60, steps)
     start = time.perf_counter()
     model.learn(total_timesteps=steps if steps is not None else 10**12, callback=budget)
