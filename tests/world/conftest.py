@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 import torch
 
@@ -11,11 +13,13 @@ from townlet.world import World, load_level
 E, HY, SA, MO, MD, SO, H, FI = range(8)
 
 
-@pytest.fixture(autouse=True)
-def _sb3_logs_in_tmp(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
+@pytest.fixture(autouse=True, scope="session")
+def _sb3_logs_in_tmp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """SB3's `learn()` makes a log folder (`/tmp/SB3-<time>` unless SB3_LOGDIR says where): keep it under
     pytest's own temporary directory, which pytest prunes."""
-    monkeypatch.setenv("SB3_LOGDIR", str(tmp_path_factory.mktemp("sb3-logs")))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("SB3_LOGDIR", str(tmp_path_factory.mktemp("sb3-logs")))
+        yield
 
 
 def make_world(level: str = "L1_full", n: int = 1, seed: int = 0, **overrides: object) -> World:
