@@ -266,6 +266,7 @@ def test_every_level_default_learns_from_reward_alone_and_demonstrations_are_opt
         assert taught.guides.policy == policy and (taught.guides.fraction > 0 or taught.guides.imitation > 0)
         assert free.learner.value_rescale and free.exploration.repeat_mu == 2.0 and free.curiosity.kind == "episodic"
         assert not taught.learner.value_rescale and taught.exploration.repeat_mu is None
+        assert taught.exploration.spread == 0 and taught.exploration.end == 0.02
         assert not taught.curiosity.enabled
         same = {"guides", "curiosity", "exploration", "learner"}
         assert taught.model_dump(exclude=same) == free.model_dump(exclude=same)
