@@ -17,6 +17,7 @@ from townlet.train.experiment import (
     Trial,
     markdown_table,
     record_curve,
+    run_label,
     run_trial,
     summarize,
     training_curve,
@@ -63,6 +64,15 @@ def test_summary_pools_seeds_and_checks_goals() -> None:
     table = markdown_table(rows)
     assert "| a | L1_full | 5 min | 2 | 450.0 ± 635.3 (seeds)" in table
     assert "cap rate >= 95%: met" in table and "mean survival >= 250: met" in table
+
+
+def test_run_labels_tell_apart_one_seeds_runs_at_two_budgets() -> None:
+    timed, stepped, other = {"name": "a", "seed": 0, "minutes": 10.0, "steps": None}, \
+        {"name": "a", "seed": 0, "minutes": None, "steps": 10_000_000}, {"name": "b", "seed": 1, "minutes": 10.0}
+    assert run_label(timed, [timed, stepped]) == "a seed 0 (10 min)"
+    assert run_label(stepped, [timed, stepped], name=False) == "seed 0 (10 M steps)"
+    assert run_label(timed, [timed]) == "a seed 0" and run_label(timed, [timed], name=False) == "seed 0"
+    assert run_label(other, [timed, other], name=False) == "b seed 1"  # several names: the name stays
 
 
 def test_rerunning_seeds_keeps_the_other_seeds_and_levels(tmp_path: Path) -> None:
@@ -120,7 +130,9 @@ def test_learning_benchmark_then_memory_ablation_reusing_its_lstm_run(tmp_path: 
     both = json.loads((out / "learning.json").read_text())
     assert [(r["level"], r["steps"]) for r in both["rows"]] == [("L1_full", None), ("L2_partial_fixed", 6000)]
     assert both["runs"][1] == run and both["runs"][1]["env_steps"] >= 6000
-    assert "| L1_full | L1_full | 0.02 min | 1 |" in (out / "learning.md").read_text()
+    both_md = (out / "learning.md").read_text()
+    assert "| L1_full | L1_full | 0.02 min | 1 |" in both_md
+    assert f"L2_partial_fixed seed 0 (0.006 M steps) {run['finished']}" in both_md  # two budgets: each run says its own
 
     ablation = load_script("memory_ablation")
     code = ablation.main(["--level", "L2_partial_fixed", "--steps", "6000", "--episodes", "10", "--out", str(out),

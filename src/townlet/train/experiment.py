@@ -252,6 +252,17 @@ def record_curve(record: dict[str, Any]) -> dict[str, np.ndarray]:
     return {"minutes": np.zeros(0), "steps": np.zeros(0), "survival": np.zeros(0)}
 
 
+def run_label(record: dict[str, Any], among: list[dict[str, Any]], name: bool = True) -> str:
+    """'L2_partial seed 0', with the budget added ('seed 0 (15 min)') when `among` mixes budgets, so the runs of
+    one seed at both budgets are told apart; `name=False` leaves the name out when `among` has only one."""
+    label = f"seed {record['seed']}"
+    if name or len({r["name"] for r in among}) > 1:
+        label = f"{record['name']} {label}"
+    if len({budget_label(r) for r in among}) > 1:
+        label += f" ({budget_label(record)})"
+    return label
+
+
 def _draw_curves(ax: Any, records: list[dict[str, Any]], title: str, cap: int, x_axis: str = "minutes") -> None:
     """Each run (name and seed) in its own colour, its greedy evaluation as a star at the end of its budget."""
     for i, r in enumerate(records):
@@ -259,7 +270,7 @@ def _draw_curves(ax: Any, records: list[dict[str, Any]], title: str, cap: int, x
         curve = record_curve(r)
         scale = 1e6 if x_axis == "steps" else 1.0
         end = (r["env_steps"] if x_axis == "steps" else r["train_s"] / 60) / scale
-        label = f"{r['name']} seed {r['seed']}" if len({q["name"] for q in records}) > 1 else f"seed {r['seed']}"
+        label = run_label(r, records, name=False)
         if len(curve["survival"]):
             ax.plot(curve[x_axis] / scale, curve["survival"], color=color, lw=1.4, label=label)
         else:
@@ -321,10 +332,10 @@ def write_results(
     md = [f"# {title}", "", f"`{command}` on {where}, {when}.", "", markdown_table(rows, baselines), ""]
     if notes:
         md += [notes, ""]
-    finished = [f"{r['name']} seed {r['seed']} {r['finished']}" for r in records if "finished" in r]
+    finished = [f"{run_label(r, records)} {r['finished']}" for r in records if "finished" in r]
     if finished:
         md += ["Runs finished: " + ", ".join(finished) + ".", ""]
-    speeds = [f"{r['name']} seed {r['seed']} {r['yardstick_steps_per_s']:,.0f}" for r in records
+    speeds = [f"{run_label(r, records)} {r['yardstick_steps_per_s']:,.0f}" for r in records
               if r.get("yardstick_steps_per_s")]
     if speeds:
         md += ["Machine speed just before each run (the plain batched-world yardstick in ../shared/bench, "
