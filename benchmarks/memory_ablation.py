@@ -38,7 +38,7 @@ from townlet.config_files import deep_merge
 from townlet.train import open_run
 from townlet.train.config import parse_overrides
 from townlet.train.evaluate import greedy_stats
-from townlet.train.experiment import Trial, budget_label, summarize, write_results
+from townlet.train.experiment import Trial, budget_label, run_label, summarize, write_results
 from townlet.train.sweep import SweepOutcome, run_trials
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -51,6 +51,10 @@ VARIANTS = {
 }
 
 
+def same_budget(record: dict, minutes: float | None, steps: int | None) -> bool:
+    return record["minutes"] == minutes and record.get("steps") == steps
+
+
 def kept_records(path: Path, level: str, minutes: float | None, rerun: list[int],
                  steps: int | None = None) -> dict[tuple[str, int], dict]:
     """The runs of an earlier results file for this level and budget whose seeds are not retrained, by
@@ -58,8 +62,17 @@ def kept_records(path: Path, level: str, minutes: float | None, rerun: list[int]
     if not path.exists():
         return {}
     return {(r["name"], r["seed"]): r for r in json.loads(path.read_text())["runs"]
-            if r["level"] == level and r["minutes"] == minutes and r.get("steps") == steps
-            and r["seed"] not in rerun}
+            if r["level"] == level and same_budget(r, minutes, steps) and r["seed"] not in rerun}
+
+
+def untouched_records(path: Path, level: str, minutes: float | None, steps: int | None,
+                      variants: list[str]) -> list[dict]:
+    """The runs of an earlier results file for this level that this call leaves alone: the other budget's, and
+    at this budget the variants it does not run, so one file holds the level's ablation at both budgets."""
+    if not path.exists():
+        return []
+    return [r for r in json.loads(path.read_text())["runs"] if r["level"] == level
+            and (not same_budget(r, minutes, steps) or r["name"] not in variants)]
 
 
 def fill_memory_wiped(record: dict, agents: int = 250) -> None:
@@ -78,11 +91,11 @@ def memory_wiped_note(records: list[dict]) -> str:
     """One sentence: each recurrent variant's greedy mean with and without its memory wiped, by seed."""
     parts = []
     for name in dict.fromkeys(r["name"] for r in records):
-        pairs = [(r["seed"], r["eval"]["survival_mean"], r["eval"]["memory_wiped"]["survival_mean"])
-                 for r in records if r["name"] == name and "memory_wiped" in r["eval"]]
-        if pairs:
-            seeds = ", ".join(f"seed {seed} {wiped:.1f} (against {kept:.1f})" for seed, kept, wiped in pairs)
-            parts.append(f"{name} {seeds}")
+        runs = [r for r in records if r["name"] == name and "memory_wiped" in r["eval"]]
+        if runs:  # "seed 0", or "seed 0 (15 min)" when this variant's runs mix budgets
+            parts.append(f"{name} " + ", ".join(
+                f"{run_label(r, runs, name=False)} {r['eval']['memory_wiped']['survival_mean']:.1f} "
+                f"(against {r['eval']['survival_mean']:.1f})" for r in runs))
     if not parts:
         return ""
     return ("The same trained agents with their memory wiped before every step (acting on the current "
@@ -124,8 +137,7 @@ def main(argv: list[str] | None = None, execute: Callable[..., SweepOutcome] = r
     reused = {}
     if args.lstm_from is not None:
         for run in json.loads(args.lstm_from.read_text())["runs"]:
-            same_budget = run["minutes"] == args.minutes and run.get("steps") == args.steps
-            if run["level"] == args.level and same_budget and run["overrides"] == extra:
+            if run["level"] == args.level and same_budget(run, args.minutes, args.steps) and run["overrides"] == extra:
                 reused[run["seed"]] = {**run, "name": "lstm"}
     planned: list[dict | Trial] = []  # in table order: recorded runs kept as they are, and runs to train
     for seed in range(args.seeds):
@@ -156,21 +168,26 @@ def main(argv: list[str] | None = None, execute: Callable[..., SweepOutcome] = r
                if isinstance(p, dict) or (p.name, p.seed) in trained]
     if not records:
         return 1
+    records += untouched_records(args.out / f"{stem}.json", args.level, args.minutes, args.steps, args.variants)
+    order = list(VARIANTS)
+    records.sort(key=lambda r: (r.get("steps") is not None, r["seed"], order.index(r["name"])))
     for record in records:
         fill_memory_wiped(record)
     rows = summarize(records)
-    means = {r["name"]: r["survival_mean"] for r in rows}
-    notes = ""
-    if "lstm" in means:
-        ratios = {k: means["lstm"] / v for k, v in means.items() if k != "lstm"}
-        notes = "LSTM against the ablations (goal >= 1.30× each): " + ", ".join(
-            f"{ratio:.2f}× {k}" for k, ratio in ratios.items()
-        )
+    notes = []
+    for budget in dict.fromkeys(budget_label(r) for r in rows):
+        means = {r["name"]: r["survival_mean"] for r in rows if budget_label(r) == budget}
+        if "lstm" not in means:
+            continue
         for row in rows:
-            row["lstm_ratio"] = means["lstm"] / row["survival_mean"]
-    notes = "\n\n".join(part for part in (notes, memory_wiped_note(records)) if part)
+            if budget_label(row) == budget:
+                row["lstm_ratio"] = means["lstm"] / row["survival_mean"]
+        notes.append(f"LSTM against the ablations at {budget} (goal >= 1.30× each): " + ", ".join(
+            f"{means['lstm'] / mean:.2f}× {name}" for name, mean in means.items() if name != "lstm"))
+    notes = "\n\n".join(part for part in (*notes, memory_wiped_note(records)) if part)
     command = "python benchmarks/memory_ablation.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    for path in write_results(args.out, stem, "Memory ablation", records, rows, command, means, notes):
+    for path in write_results(args.out, stem, "Memory ablation", records, rows, command, compare=True,
+                              notes=notes):
         print(f"wrote {path}")
     return 1 if outcome.failed else 0
 

@@ -15,6 +15,7 @@ from tests.train.runs import make_run
 from townlet.train.experiment import (
     Goal,
     Trial,
+    budget_label,
     markdown_table,
     record_curve,
     run_label,
@@ -175,9 +176,31 @@ def test_learning_benchmark_then_memory_ablation_reusing_its_lstm_run(tmp_path: 
     assert code == 0
     assert [(t.name, t.seed) for t in execute.calls[-1][0]] == [("no-memory", 1)]
     again = json.loads((out / "memory-ablation-L2_partial_fixed.json").read_text())
-    assert [(r["name"], r["seed"]) for r in again["runs"]] == [("no-memory", 0), ("no-memory", 1)]
-    assert again["runs"][0] == data["runs"][1] and again["runs"][1]["run_dir"] != data["runs"][1]["run_dir"]
-    assert again["rows"][0]["seeds"] == [0, 1]
+    assert [(r["name"], r["seed"]) for r in again["runs"]] == [  # the variants it did not run are kept too
+        ("lstm", 0), ("no-memory", 0), ("zero-state", 0), ("no-memory", 1)]
+    assert again["runs"][:3] == data["runs"] and again["runs"][3]["run_dir"] != data["runs"][1]["run_dir"]
+    assert [r["seeds"] for r in again["rows"]] == [[0], [0, 1], [0]]
+    # the other budget goes into the same file: each budget's rows are compared only with each other
+    code = ablation.main(["--level", "L2_partial_fixed", "--minutes", "0.02", "--episodes", "10", "--out", str(out),
+                          "--runs", str(tmp_path / "timed"), "--variants", "lstm", "zero-state", *FAST, *SMALL],
+                         execute)
+    assert code == 0
+    both = json.loads((out / "memory-ablation-L2_partial_fixed.json").read_text())
+    assert [(r["name"], budget_label(r)) for r in both["rows"]] == [
+        ("lstm", "0.02 min"), ("zero-state", "0.02 min"),
+        ("lstm", "0.006 M steps"), ("no-memory", "0.006 M steps"), ("zero-state", "0.006 M steps")]
+    assert both["runs"][2:] == again["runs"]
+    timed_lstm, timed_zero = both["rows"][0]["survival_mean"], both["rows"][1]["survival_mean"]
+    assert both["rows"][1]["lstm_ratio"] == pytest.approx(timed_lstm / timed_zero)
+    assert both["rows"][3]["lstm_ratio"] == pytest.approx(both["rows"][2]["survival_mean"] /
+                                                          both["rows"][3]["survival_mean"])
+    md = (out / "memory-ablation-L2_partial_fixed.md").read_text()
+    assert f"at 0.02 min (goal >= 1.30× each): {timed_lstm / timed_zero:.2f}× zero-state\n" in md
+    assert "LSTM against the ablations at 0.006 M steps (goal >= 1.30× each): " in md
+    (timed_zero_line,) = [line for line in md.splitlines() if line.startswith("| zero-state | L2_partial_fixed | 0.02")]
+    assert timed_zero_line.endswith(f"| {timed_zero / timed_lstm:.2f}× lstm |")  # not against the other budget
+    wiped_lstm = both["runs"][0]["eval"]["memory_wiped"]["survival_mean"]
+    assert f"lstm seed 0 (0.02 min) {wiped_lstm:.1f} (against {timed_lstm:.1f})" in md
 
 
 def test_ablation_rerun_keeps_only_this_budget_and_refuses_what_it_cannot_keep(tmp_path: Path) -> None:

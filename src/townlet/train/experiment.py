@@ -196,14 +196,14 @@ def machine() -> str:
     return f"{model}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
 
 
-def markdown_table(rows: list[dict[str, Any]], baselines: dict[str, float] | None = None) -> str:
-    """The results table; `baselines` (name -> mean) adds a column of the ratio against each row's baseline."""
+def markdown_table(rows: list[dict[str, Any]], compare: bool = False) -> str:
+    """The results table; `compare` adds a column of each row's mean over every other row's at the same budget."""
     head = (
         "| run | level | budget | seeds | greedy mean survival ± 95% CI | median | cap rate | goal | env steps "
         "| updates |"
     )
     sep = "|---|---|---|---|---|---|---|---|---|---|"
-    if baselines:
+    if compare:
         head += " this run's mean ÷ each other's |"
         sep += "---|"
     lines = [head, sep]
@@ -217,9 +217,10 @@ def markdown_table(rows: list[dict[str, Any]], baselines: dict[str, float] | Non
             f"{r['survival_mean']:.1f} ± {ci} ({r['ci_over']}) | {r['survival_median']:.0f} | {r['cap_rate']:.1%} | "
             f"{goal} | {r['env_steps'] / 1e6:.1f} M | {r['updates']:,.0f} |"
         )
-        if baselines:
-            ref = r["survival_mean"]
-            line += " " + ", ".join(f"{ref / v:.2f}× {k}" for k, v in baselines.items() if k != r["name"]) + " |"
+        if compare:
+            others = [o for o in rows if o["name"] != r["name"] and budget_label(o) == budget_label(r)]
+            ratios = (f"{r['survival_mean'] / o['survival_mean']:.2f}× {o['name']}" for o in others)
+            line += " " + ", ".join(ratios) + " |"
         lines.append(line)
     return "\n".join(lines)
 
@@ -308,7 +309,7 @@ def plot_overview(records: list[dict[str, Any]], title: str, cap: int = 500) -> 
 
 def write_results(
     out_dir: Path, stem: str, title: str, records: list[dict[str, Any]], rows: list[dict[str, Any]],
-    command: str, baselines: dict[str, float] | None = None, notes: str = "", machine_note: str | None = None,
+    command: str, compare: bool = False, notes: str = "", machine_note: str | None = None,
     date: str | None = None,
 ) -> list[Path]:
     """`<stem>.json`, `<stem>.md`, one `<stem>-<level>.png` of curves per level and, for several levels, an
@@ -329,7 +330,7 @@ def write_results(
     payload = {"title": title, "command": command, "machine": where, "date": when, "notes": notes, "rows": rows,
                "runs": records}
     atomic_write_text(out_dir / f"{stem}.json", json.dumps(payload, indent=2, default=float) + "\n")
-    md = [f"# {title}", "", f"`{command}` on {where}, {when}.", "", markdown_table(rows, baselines), ""]
+    md = [f"# {title}", "", f"`{command}` on {where}, {when}.", "", markdown_table(rows, compare), ""]
     if notes:
         md += [notes, ""]
     finished = [f"{run_label(r, records)} {r['finished']}" for r in records if "finished" in r]
