@@ -42,7 +42,7 @@ def test_agents_count_apart_even_on_the_same_cell() -> None:
     move(world, [(4, 4), (0, 0), (4, 4)])  # agent 1 walks onto agent 2's cell, agent 2 onto 0's
     # shared cells: each agent has its own count, so no one is charged for another's visits
     assert torch.allclose(counts.bonus(world), torch.tensor([3 ** -0.5, 1.0, 1.0]))
-    assert counts.counts.sum() == 9
+    assert counts.visits().sum() == 9
 
 
 def test_reset_forgets_only_the_agents_whose_episode_ended() -> None:
@@ -50,10 +50,10 @@ def test_reset_forgets_only_the_agents_whose_episode_ended() -> None:
     counts = EpisodicCounts(world.num_agents, world.grid_size)
     for _ in range(3):
         counts.bonus(world)
-    before = counts.counts.clone()
+    before = counts.visits()
     counts.reset(torch.tensor([False, True, False]))
-    assert torch.equal(counts.counts[[0, 2]], before[[0, 2]])
-    assert counts.counts[1].sum() == 0
+    assert torch.equal(counts.visits()[[0, 2]], before[[0, 2]])
+    assert counts.visits()[1].sum() == 0
     assert torch.allclose(counts.bonus(world), torch.tensor([4 ** -0.5, 1.0, 4 ** -0.5]))
     counts.reset(torch.zeros(3, dtype=torch.bool))  # nobody ended: nothing changes
     assert torch.allclose(counts.bonus(world), torch.tensor([5 ** -0.5, 2 ** -0.5, 5 ** -0.5]))
@@ -114,6 +114,31 @@ def test_state_round_trip_restores_the_counts_exactly() -> None:
     assert torch.allclose(restored.bonus(world), torch.full((2,), 3 ** -0.5))
     with pytest.raises(ValueError, match="shape"):
         EpisodicCounts(3, world.grid_size).load_state_dict(state)
+
+
+def test_a_count_from_an_earlier_episode_never_comes_back() -> None:
+    world = placed([(1, 1), (2, 2)])
+    counts = EpisodicCounts(world.num_agents, world.grid_size)
+    for _ in range(3):
+        counts.bonus(world)  # agent 0 counts (1, 1) three times in its first episode
+    counts.reset(torch.tensor([True, False]))
+    move(world, [(5, 5), (2, 2)])
+    counts.bonus(world)
+    counts.reset(torch.tensor([True, False]))  # a third episode, (1, 1) unvisited in the second
+    move(world, [(1, 1), (2, 2)])
+    assert torch.allclose(counts.bonus(world), torch.tensor([1.0, 5 ** -0.5]))
+    assert counts.visits()[0].sum() == 1 and counts.visits()[1].sum() == 5
+
+
+def test_the_state_of_earlier_versions_loads_as_the_current_episodes() -> None:
+    world = placed([(1, 1), (2, 2)])
+    counts = EpisodicCounts(world.num_agents, world.grid_size)
+    counts.reset(torch.tensor([True, True]))
+    old = torch.zeros_like(counts.counts)
+    old[0, world.grid_size + 1] = 2  # agent 0 had visited (1, 1) twice; it kept only `counts`
+    counts.load_state_dict({"counts": old})
+    assert torch.equal(counts.visits(), old)
+    assert torch.allclose(counts.bonus(world), torch.tensor([3 ** -0.5, 1.0]))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

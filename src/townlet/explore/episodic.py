@@ -9,6 +9,10 @@ k-nearest-neighbour kernel over learned embeddings; on a small grid the state is
 A key is the agent's cell, optionally times which meters are low (one bit per meter below `low_meter`, as in
 `VisitCounts`), so that reaching the Job while broke is novel even after passing it while rich. Counts live in
 an [N, K] tensor on `device`; nothing synchronises with the host.
+
+Each count is stamped with the episode it belongs to, so ending an episode costs O(1) per agent (its episode
+number goes up and its old counts read as 0) instead of clearing its row of K counts: K is 16,384 with the low
+meters, and clearing rows every step would cost more than the rest of acting.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ _HASH_BITS = 32
 
 class EpisodicCounts:
     """Each agent's visit count of each key within its current episode; `bonus` counts this visit and pays
-    1 / sqrt(n), `reset(done)` forgets the episodes that ended.
+    1 / sqrt(n), `reset(done)` forgets the episodes that ended, `visits()` reads the counts.
 
     K = grid_size² cells, times 2^len(METER_NAMES) when `low_meter` is set. If that exceeds `max_keys`, keys are
     hashed into `max_keys` slots (a power of two) with Knuth's multiplicative hash, the top bits of
@@ -47,7 +51,11 @@ class EpisodicCounts:
         size = self.num_keys if self.exact else max_keys
         self._shift = _HASH_BITS - (max_keys.bit_length() - 1)
         self.device = torch.device(device)
+        # counts[i, k] is agent i's count of key k in its episode stamps[i, k]; it counts only while that is
+        # the agent's current episode, episode[i]
         self.counts = torch.zeros(num_agents, size, dtype=torch.int32, device=self.device)
+        self.stamps = torch.zeros(num_agents, size, dtype=torch.int32, device=self.device)
+        self.episode = torch.zeros(num_agents, dtype=torch.int32, device=self.device)
         self._bits = 1 << torch.arange(self.meter_bits, device=self.device)
         self._rows = torch.arange(num_agents, device=self.device)
 
@@ -67,23 +75,38 @@ class EpisodicCounts:
     def bonus(self, world: World) -> Tensor:
         """Count each agent's current key once more, then return 1 / sqrt(n) of it: [N] float32 (1 on the
         first visit of an episode, 1/sqrt(2) on the second, ...). Call it once per step, e.g. on arrival."""
-        key = self.keys(world)
-        self.counts[self._rows, key] += 1  # one key per agent (row): no duplicate indices
-        return self.counts[self._rows, key].float().rsqrt()
+        slot = self._rows * self.counts.shape[1] + self.keys(world)  # one slot per agent: no duplicates
+        counts, stamps = self.counts.view(-1), self.stamps.view(-1)
+        this_episode = stamps.index_select(0, slot) == self.episode
+        n = torch.where(this_episode, counts.index_select(0, slot) + 1, 1)
+        counts.index_copy_(0, slot, n)
+        stamps.index_copy_(0, slot, self.episode)
+        return n.float().rsqrt()
 
     def reset(self, done: Tensor) -> None:
         """Forget the counts of the agents whose episode ended (done [N] bool); the others keep theirs."""
         if done.shape != (self.num_agents,):
             raise ValueError(f"EpisodicCounts.reset: done must have shape ({self.num_agents},), "
                              f"got {tuple(done.shape)}")
-        self.counts.masked_fill_(done.to(self.device).bool().unsqueeze(1), 0)
+        self.episode += done.to(self.device, torch.int32)
+
+    def visits(self) -> Tensor:
+        """[N, K] int32: each agent's count of each key in its current episode."""
+        return torch.where(self.stamps == self.episode.unsqueeze(1), self.counts, 0)
 
     def state_dict(self) -> dict[str, Tensor]:
-        return {"counts": self.counts.clone()}
+        return {"counts": self.counts.clone(), "stamps": self.stamps.clone(), "episode": self.episode.clone()}
 
     def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        """Also takes the state of earlier versions, which kept only the current episodes' counts (`counts`)."""
         counts = state["counts"]
         if counts.shape != self.counts.shape:
             raise ValueError(f"EpisodicCounts state: expected counts of shape {tuple(self.counts.shape)}, "
                              f"got {tuple(counts.shape)}")
         self.counts.copy_(counts)
+        if "stamps" in state:
+            self.stamps.copy_(state["stamps"])
+            self.episode.copy_(state["episode"])
+        else:  # every count belongs to episode 0, the agents' current one
+            self.stamps.zero_()
+            self.episode.zero_()
