@@ -104,6 +104,7 @@ def test_a_key_space_too_big_is_hashed_into_max_keys_slots() -> None:
 def test_state_round_trip_restores_the_counts_exactly() -> None:
     world = placed([(1, 1), (2, 2)])
     counts = EpisodicCounts(world.num_agents, world.grid_size)
+    counts.reset(torch.tensor([True, False]))  # agent 0 in its second episode: the state carries which one
     counts.bonus(world)
     counts.bonus(world)
     state = counts.state_dict()

@@ -11,8 +11,8 @@ A key is the agent's cell, optionally times which meters are low (one bit per me
 an [N, K] tensor on `device`; nothing synchronises with the host.
 
 Each count is stamped with the episode it belongs to, so ending an episode costs O(1) per agent (its episode
-number goes up and its old counts read as 0) instead of clearing its row of K counts: K is 16,384 with the low
-meters, and clearing rows every step would cost more than the rest of acting.
+number goes up and its old counts read as 0) instead of clearing its row of K counts (16,384 with the low
+meters): a clear on every step is a pass over the whole [N, K] table.
 """
 
 from __future__ import annotations
