@@ -116,6 +116,73 @@ def test_an_unroll_restarts_memory_where_first_marks_an_episode_start() -> None:
     assert not torch.allclose(logits[0, 3:], net.evaluate(obs[:1], (state[0][:, :1], state[1][:, :1]))[0][0, 3:])
 
 
+def step_by_step(net: ActorCritic, obs: torch.Tensor, state: tuple, first: torch.Tensor) -> tuple:
+    """The reference unroll: one LSTM step at a time, the memory zeroed before each step `first` marks."""
+    b, t, _ = obs.shape
+    x = net.encoder(obs.reshape(b * t, -1)).reshape(b, t, -1)
+    (h, c), outs = state, []
+    for i in range(t):
+        keep = (~first[:, i]).float().view(1, b, 1)
+        out, (h, c) = net.lstm(x[:, i : i + 1], (h * keep, c * keep))
+        outs.append(out)
+    return torch.cat([x, torch.cat(outs, dim=1)], dim=-1), (h, c)
+
+
+def test_the_one_call_unroll_equals_a_step_by_step_one_in_values_state_and_gradients() -> None:
+    """Resets at the first step, the last, several in one row and none: outputs, the state after the last step
+    (read from a segment that starts midway) and every gradient match the step-by-step unroll."""
+    torch.manual_seed(0)
+    net = ActorCritic(6, hidden_size=8, encoder_hidden=(8,))
+    first = torch.zeros(5, 7, dtype=torch.bool)
+    first[0, 0] = first[1, 6] = first[2, 2] = first[2, 3] = first[2, 5] = first[4, 1] = True
+    for pattern in (first, torch.rand(9, 11) < 0.3):
+        b, t = pattern.shape
+        obs = torch.randn(b, t, 6)
+        state = (torch.randn(1, b, 8), torch.randn(1, b, 8))
+        got, (h, c) = net.features(obs, state, pattern)
+        want, (wh, wc) = step_by_step(net, obs, state, pattern)
+        assert torch.allclose(got, want, atol=1e-6)
+        assert torch.allclose(h, wh, atol=1e-6) and torch.allclose(c, wc, atol=1e-6)
+        params = [net.encoder[0].weight, net.lstm.weight_hh_l0, net.lstm.bias_ih_l0]
+        grads = torch.autograd.grad((got.square().sum() + h.sum() + c.sum()), params)
+        wanted = torch.autograd.grad((want.square().sum() + wh.sum() + wc.sum()), params)
+        for g, w in zip(grads, wanted, strict=True):
+            assert torch.allclose(g, w, atol=1e-5)
+
+
+def test_only_the_read_final_values_are_evaluated_and_the_advantages_are_unchanged() -> None:
+    """Inside a rollout the learner evaluates V(final obs) only for truncated agents (and every agent at the
+    rollout's last step); its advantages equal those with V(final obs) taken for every agent at every step."""
+    torch.manual_seed(0)
+    n, steps = 8, 12
+    net = ActorCritic(3, hidden_size=8, encoder_hidden=(8,))
+    learner = PPOLearner(net, ppo_config(rollout_len=steps, minibatches=1, normalize_returns=False), n, "cpu",
+                         torch.Generator().manual_seed(0))  # fmt: skip
+    env = ChainEnv(n, max_steps=3)
+    env.t = torch.arange(n) % 3  # the agents' time limits fall on different steps
+    first = torch.ones(n, dtype=torch.bool)
+    h, c = net.initial_state(n)
+    every = []
+    for _ in range(steps):
+        obs = env.obs()
+        keep = (~first).float().view(1, n, 1)
+        _, _, (h, c) = net.evaluate(obs.unsqueeze(1), (h * keep, c * keep))
+        out = env.step(learner.act(obs, env.mask(), first))
+        every.append(net.evaluate(out.final_obs.unsqueeze(1), (h, c))[1].squeeze(1))
+        learner.observe(out.rewards, out.terminated, out.truncated, out.final_obs)
+        first = out.terminated | out.truncated
+    assert 0 < int(learner.truncated[:-1].sum()) < n * (steps - 1)  # some agents truncated midway, not all
+    every_value = torch.stack(every).detach()
+    read = learner.truncated.clone()
+    read[-1] = True
+    assert torch.allclose(learner.final_values[read], every_value[read], atol=1e-6)
+    assert (learner.final_values[~read] == 0).all()  # never evaluated
+    next_values = torch.where(learner.truncated, every_value, torch.cat([learner.values[1:], every_value[-1:]]))
+    want = gae(learner.rewards, learner.values, next_values, learner.terminated, learner.truncated, 0.9, 0.95)
+    for got, expected in zip(learner.advantages(), want, strict=True):
+        assert torch.allclose(got, expected, atol=1e-6)
+
+
 def test_a_truncated_step_stores_the_value_of_its_final_observation() -> None:
     """V(final obs) comes from the agent's memory after its last observation, not the next episode's start."""
     torch.manual_seed(0)

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
+from torch.nn.utils.rnn import pack_padded_sequence
 
 from townlet.agents.networks import LSTMState, mlp, obs_dim_of
 from townlet.world.observation import ObsLayout
@@ -69,8 +70,7 @@ class ActorCritic(nn.Module):
         self, obs: Tensor, state: LSTMState | None = None, first: Tensor | None = None
     ) -> tuple[Tensor, LSTMState]:
         """obs [B, T, D] -> (head input [B, T, F], state after the last step). `first` [B, T] bool zeroes an
-        agent's memory before the steps it marks (an episode start inside the sequence): then the LSTM runs
-        one step at a time, since one call over the sequence cannot reset it midway."""
+        agent's memory before the steps it marks (an episode start inside the sequence)."""
         if obs.dim() != 3 or obs.shape[-1] != self.obs_dim:
             raise ValueError(f"obs must be [B, T, {self.obs_dim}], got {list(obs.shape)}")
         b, t, _ = obs.shape
@@ -82,14 +82,48 @@ class ActorCritic(nn.Module):
         if first is None:
             out, state = self.lstm(x, state)
         else:
-            h, c = state
-            keep = (~first.bool()).to(x.dtype).T.reshape(t, 1, b, 1)  # [T, 1, B, 1]: state * (1 - first)
-            outs = []
-            for i in range(t):
-                o, (h, c) = self.lstm(x[:, i : i + 1], (h * keep[i], c * keep[i]))
-                outs.append(o)
-            out, state = torch.cat(outs, dim=1), (h, c)
+            out, state = self._unroll_episodes(x, state, first.bool())
         return torch.cat([x, out], dim=-1), state
+
+    def _unroll_episodes(self, x: Tensor, state: LSTMState, first: Tensor) -> tuple[Tensor, LSTMState]:
+        """The LSTM over x [B, T, F] with its memory zeroed where `first` marks an episode start.
+
+        One call over a sequence cannot reset the memory midway, so each agent's row is cut at its episode
+        starts into segments, and every segment becomes a row of its own (left-aligned, padded to T) that
+        starts from zeros, or from the agent's state for its first segment: one LSTM call over G >= B rows
+        instead of T calls of one step (G - B is the number of episode starts inside the rows). The padding
+        after a segment's end is computed and never read: the LSTM is causal. A row's final state is read
+        after its padding, though, so for the agents whose last segment starts midway a second, packed call
+        over those segments alone gives the state at the row's end. Reading G is a host sync, once a call."""
+        b, t, f = x.shape
+        starts = first.clone()
+        starts[:, 0] = True
+        flat_starts = starts.reshape(-1)
+        segment = flat_starts.cumsum(0) - 1  # [B*T]: the segment of each step, in row order
+        begin = flat_starts.nonzero().squeeze(1)  # [G]: the flat step where each segment begins
+        g = begin.shape[0]
+        steps = torch.arange(t, device=x.device)
+        offset = steps - torch.where(starts, steps, 0).cummax(dim=1).values  # [B, T]: step within its segment
+        source = (begin.unsqueeze(1) + steps).clamp(max=b * t - 1)  # [G, T]: past a segment's end, ignored
+        rows = x.reshape(b * t, f).index_select(0, source.reshape(-1)).view(g, t, f)
+        leading = (begin % t == 0).nonzero().squeeze(1)  # [B]: each agent's first segment
+        keep = (~first[:, 0]).to(x.dtype).view(1, b, 1)
+        h, c = state
+        zeros = x.new_zeros(h.shape[0], g, h.shape[2])
+        out, (h_n, c_n) = self.lstm(rows, (zeros.index_copy(1, leading, h * keep),
+                                           zeros.index_copy(1, leading, c * keep)))
+        out = out.reshape(g * t, -1).index_select(0, segment * t + offset.reshape(-1)).view(b, t, -1)
+        last = torch.cat([leading[1:], leading.new_tensor([g])]) - 1  # [B]: each agent's last segment
+        h_n, c_n = h_n.index_select(1, last), c_n.index_select(1, last)
+        midway = (last != leading).nonzero().squeeze(1)
+        if midway.numel():
+            tails = last.index_select(0, midway)
+            lengths = t - begin.index_select(0, tails) % t
+            packed = pack_padded_sequence(rows.index_select(0, tails), lengths.cpu(), batch_first=True,
+                                          enforce_sorted=False)
+            _, (h_tail, c_tail) = self.lstm(packed, (zeros[:, : midway.numel()], zeros[:, : midway.numel()]))
+            h_n, c_n = h_n.index_copy(1, midway, h_tail), c_n.index_copy(1, midway, c_tail)
+        return out, (h_n, c_n)
 
     def forward(self, obs: Tensor, state: LSTMState | None = None) -> tuple[Tensor, LSTMState]:
         """(logits [B, T, A], state): the interface of `RecurrentQNetwork`, for greedy play."""

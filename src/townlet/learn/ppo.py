@@ -3,7 +3,8 @@ fixed length from every agent at once, GAE, and epochs of clipped-surrogate upda
 agents, each unrolled by BPTT over the whole rollout from the LSTM state stored at the rollout's start.
 
 Everything is batched tensor code; the only Python loops run over the T steps of a rollout (the reverse GAE
-scan, the discounted-return scan of the reward scaling, and the LSTM unroll with resets at episode starts).
+scan and the discounted-return scan of the reward scaling). The update unrolls the LSTM over each minibatch
+in one call, episode starts inside the rollout included (`ActorCritic.features`).
 """
 
 from __future__ import annotations
@@ -223,11 +224,21 @@ class PPOLearner:
     @torch.no_grad()
     def observe(self, reward: Tensor, terminated: Tensor, truncated: Tensor, final_obs: Tensor) -> None:
         """Store the outcome of the last `act`. V(final_obs) is taken with each agent's memory after its last
-        observation: what a truncated episode (and the rollout's end) bootstraps from."""
-        _, final_values, _ = self.network.evaluate(final_obs.unsqueeze(1), (self.h, self.c))
+        observation: what a truncated episode (and the rollout's end) bootstraps from. Only those values are
+        read (inside an episode the next step's value serves), so on the CPU, where reading which agents were
+        truncated costs no device round trip, only they are evaluated until the rollout's last step."""
         t = self.step
+        if t == self.config.rollout_len - 1 or self.device.type != "cpu":
+            _, final_values, _ = self.network.evaluate(final_obs.unsqueeze(1), (self.h, self.c))
+            self.final_values[t] = final_values.squeeze(1)
+        else:
+            self.final_values[t] = 0.0
+            rows = truncated.nonzero().squeeze(1)
+            if rows.numel():
+                state = (self.h.index_select(1, rows), self.c.index_select(1, rows))
+                _, final_values, _ = self.network.evaluate(final_obs.index_select(0, rows).unsqueeze(1), state)
+                self.final_values[t].index_copy_(0, rows, final_values.squeeze(1))
         self.rewards[t], self.terminated[t], self.truncated[t] = reward, terminated, truncated
-        self.final_values[t] = final_values.squeeze(1)
         self.step += 1
 
     def advantages(self) -> tuple[Tensor, Tensor]:
