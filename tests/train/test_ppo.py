@@ -78,10 +78,12 @@ def test_ppo_fields_and_q_learning_fields_are_rejected_by_name():
         ppo_config(exploration={"start": 0.5})
     for section, field, value in [("learner", "batch_size", 32), ("learner", "learning_starts", 0),
                                   ("replay", "capacity", 10), ("guides", "fraction", 0.1),
-                                  ("curiosity", "enabled", True), ("shaping", "weight", 1.0),
+                                  ("curiosity", "hidden", 8), ("shaping", "weight", 1.0),
                                   ("exploring_starts", "probability", 0.5), ("network", "head_hidden", 8)]:
         with pytest.raises(ConfigError, match=rf"{section}\.{field}: only algorithm.* 'ppo'"):
             ppo_config(**{section: {**TINY_PPO.get(section, {}), field: value}})  # type: ignore[dict-item]
+    with pytest.raises(ConfigError, match=r"curiosity\.kind: algorithm 'ppo' takes only 'episodic'.*got 'rnd'"):
+        ppo_config(curiosity={"enabled": True, "kind": "rnd"})
     with pytest.raises(ConfigError, match=r"network\.kind: 'mlp' is not a network of algorithm 'ppo'"):
         ppo_config(network={"kind": "mlp"})
     with pytest.raises(ConfigError, match=r"ppo\.minibatches: 16 minibatches of whole agents"):
@@ -93,3 +95,26 @@ def test_ppo_fields_and_q_learning_fields_are_rejected_by_name():
     config = ppo_config(learner={"lr": 1e-3, "lr_end": 1e-4, "gamma": 0.95, "grad_clip": 0.5, "adam_eps": 1e-5})
     assert config.ppo.rollout_len == 16 and config.ppo.epochs == 3 and config.ppo.normalize_returns
     assert load_run_config_data(config.model_dump(mode="json"), "resolved") == config
+
+
+def test_episodic_curiosity_adds_its_annealed_count_bonus_to_the_rollout_rewards(tmp_path):
+    """Same seed with and without the bonus: the same actions and world rewards, and the stored rewards differ
+    by weight / sqrt(n) for a situation met the n-th time this episode (1 at an episode's first step)."""
+    curious = {"enabled": True, "kind": "episodic", "weight": 0.5}
+    runs = [Trainer(ppo_config(**extra), tmp_path / name) for name, extra in
+            [("plain", {}), ("curious", {"curiosity": curious})]]  # fmt: skip
+    plain, with_bonus = runs
+    assert plain.algorithm.episodic is None and with_bonus.algorithm.episodic is not None
+    for _ in range(10):
+        for trainer in runs:
+            trainer.collect()
+    rollout = [t.algorithm.learner for t in runs]
+    assert torch.equal(rollout[0].actions[:10], rollout[1].actions[:10])
+    bonus = (rollout[1].rewards[:10] - rollout[0].rewards[:10]) / 0.5
+    assert torch.allclose(bonus[0], torch.ones(8))  # every agent's first step: a situation met once
+    assert torch.allclose(bonus[rollout[1].first[:10]], torch.tensor(1.0))
+    met = (1.0 / bonus.square()).round()  # n, the times the situation was met this episode
+    assert torch.allclose(bonus, met.rsqrt(), atol=1e-5) and (met >= 1).all() and (met > 1).any()
+    with_bonus.run()
+    rows = read_metrics(tmp_path / "curious")[1]
+    assert all(row["intrinsic_weight"] == 0.5 and 0 < row["intrinsic_reward"] <= 1 for row in rows)

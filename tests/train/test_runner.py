@@ -75,7 +75,8 @@ EXPLORING = {
     [("L0_minimal", {}), ("L2_partial_fixed", RECURRENT), ("L0_minimal", LR_DECAY), ("L2_partial_fixed", EXPLORING),
      ("L2_partial", {**RECURRENT, "guides": {"fraction": 0.25, "policy": "needs-memory"},
                      "replay": {**RECURRENT["replay"], "split_episodes": True}}),
-     ("L2_partial_fixed", PPO_SMALL), ("L2_partial_fixed", FROM_REWARD)],
+     ("L2_partial_fixed", PPO_SMALL), ("L2_partial_fixed", FROM_REWARD),
+     ("L2_partial_fixed", {**PPO_SMALL, "curiosity": {"enabled": True, "kind": "episodic", "weight": 0.1}})],
 )
 def test_stopped_and_resumed_run_equals_uninterrupted_run(tmp_path, level, extra):
     full = Trainer(small_config(level, 4800, **extra), tmp_path / "full")

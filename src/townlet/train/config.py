@@ -240,7 +240,8 @@ READ_BY: dict[str, tuple[str, ...]] = {
     **_all(GuidesConfig, "guides", Q_LEARNING),
     **{f"guides.{name}": ("r2d2",) for name in ("imitation", "margin", "imitate")},
     **_all(ShapingConfig, "shaping", Q_LEARNING),
-    **_all(CuriosityConfig, "curiosity", Q_LEARNING),
+    **_all(CuriosityConfig, "curiosity", (*Q_LEARNING, "ppo")),  # ppo: the episodic kind only (checked below)
+    **{f"curiosity.{name}": Q_LEARNING for name in ("lr", "hidden", "embed")},
     **_all(PPOConfig, "ppo", ("ppo",)),
 }
 NETWORKS: dict[str, tuple[str, ...]] = {
@@ -313,6 +314,11 @@ class RunConfig(_Strict):
             raise ValueError(
                 f"ppo.minibatches: {self.ppo.minibatches} minibatches of whole agents need at least as many agents; "
                 f"got agents {self.agents}"
+            )
+        if self.algorithm == "ppo" and self.curiosity.enabled and self.curiosity.kind != "episodic":
+            raise ValueError(
+                f"curiosity.kind: algorithm 'ppo' takes only 'episodic' (a per-episode count bonus added to the "
+                f"reward); got {self.curiosity.kind!r}"
             )
         g = self.guides
         if g.imitation > 0 and g.fraction == 0 and g.imitate == "guided":

@@ -15,8 +15,10 @@ import torch
 from torch import Tensor, nn
 
 from townlet.agents import ActorCritic
+from townlet.explore import IntrinsicAnnealing
 from townlet.learn import RecurrentActor, masked_greedy
-from townlet.world import NUM_ACTIONS
+from townlet.train.config import RunConfig
+from townlet.world import NUM_ACTIONS, World
 
 
 @dataclass(frozen=True)
@@ -97,6 +99,15 @@ def normalised_entropy(logits: Tensor, mask: Tensor, temperature: float) -> Tens
     h = -(logp.exp() * torch.where(mask, logp, 0.0)).sum(dim=-1)
     valid = mask.sum(dim=-1)
     return torch.where(valid > 1, h / valid.clamp(min=2).float().log(), 0.0)
+
+
+def make_annealing(config: RunConfig, world: World) -> IntrinsicAnnealing | None:
+    """The intrinsic reward's annealed weight, from the run config's `curiosity` (None when it is off)."""
+    cu = config.curiosity
+    if not cu.enabled:
+        return None
+    return IntrinsicAnnealing(cu.weight, cu.decay, cu.window, cu.variance_threshold, cu.min_survival_fraction,
+                              world.config.max_steps, cu.floor)
 
 
 def has_memory(network_kind: str) -> bool:

@@ -2,8 +2,9 @@
 policy, [T, N] rollouts from every agent at once, GAE with truncations bootstrapped from the true last
 observation, and clipped-surrogate epochs on minibatches of whole agents unrolled over the whole rollout.
 
-On-policy, so none of the Q-learning parts (replay, ε, guides, shaping, curiosity) apply: the run config
-rejects their fields for `algorithm: ppo`.
+On-policy, so none of the Q-learning parts (replay, ε, guides, shaping) apply: the run config rejects their
+fields for `algorithm: ppo`. Curiosity of the `episodic` kind does: its per-episode count bonus, with its annealed
+weight, is added to the reward the rollout stores (evaluation and the episode rows keep the level's reward).
 """
 
 from __future__ import annotations
@@ -14,9 +15,9 @@ import torch
 from torch import Tensor
 
 from townlet.agents import ActorCritic
-from townlet.explore import EpsilonSchedule
+from townlet.explore import EpisodicCounts, EpsilonSchedule
 from townlet.learn import PPOLearner, PPOLearnerConfig
-from townlet.train.algos.base import GreedyPolicy, Step, has_memory, normalised_entropy
+from townlet.train.algos.base import GreedyPolicy, Step, has_memory, make_annealing, normalised_entropy
 from townlet.train.config import RunConfig
 from townlet.world import World
 
@@ -41,12 +42,28 @@ class PPO:
         # the learning rate follows an env-step schedule, as for the Q-learners (constant without lr_end)
         self.lr = EpsilonSchedule(lc.lr, lc.lr if lc.lr_end is None else lc.lr_end, lc.lr_decay_steps)
         self.env_steps = 0
+        cu = config.curiosity
+        self.episodic = (
+            EpisodicCounts(world.num_agents, world.grid_size, cu.low_meter, device=self.device) if cu.enabled else None
+        )
+        self.annealing = make_annealing(config, world)
+        self.intrinsic_sum = torch.zeros((), device=self.device)  # summed intrinsic reward this log interval
+        self.intrinsic_steps = 0
+        self._intrinsic: Tensor | None = None  # the count bonus of the situation the last action was taken in
 
     def act(self, obs: Tensor, mask: Tensor, first: Tensor) -> Tensor:
+        if self.episodic is not None:  # read before the world steps: the bonus is for where the agent acts
+            self.episodic.reset(first)
+            self._intrinsic = self.episodic.bonus(self.world)
         return self.learner.act(obs, mask, first)
 
     def store(self, step: Step) -> None:
-        self.learner.observe(step.reward, step.terminated, step.truncated, step.final_obs)
+        reward = step.reward
+        if self._intrinsic is not None and self.annealing is not None:
+            reward = reward + self.annealing.weight * self._intrinsic
+            self.intrinsic_sum += self._intrinsic.sum()
+            self.intrinsic_steps += self.world.num_agents
+        self.learner.observe(reward, step.terminated, step.truncated, step.final_obs)
         self.env_steps = step.env_steps
 
     def update(self) -> dict[str, Tensor]:
@@ -60,10 +77,20 @@ class PPO:
             "updates": self.learner.updates, "epsilon": None, "learning_rate": self.lr(self.env_steps)}
         for key in ("loss", "q_mean", "grad_norm", "entropy", "value_loss", "policy_loss", "approx_kl", "clipfrac"):
             out[key] = s[key].item() if key in s else None
+        if self.annealing is not None:
+            out["intrinsic_weight"] = self.annealing.weight
+            out["intrinsic_reward"] = (self.intrinsic_sum / max(self.intrinsic_steps, 1)).item()
         return out
 
     def end_interval(self, episode_lengths: list[int]) -> dict[str, float]:
-        return {}
+        if self.annealing is None:
+            return {}
+        # fed at log intervals (env steps), so a resumed run anneals exactly like an uninterrupted one
+        self.annealing.observe(episode_lengths)
+        out = {"intrinsic_weight": self.annealing.weight,
+               "intrinsic_reward": (self.intrinsic_sum / max(self.intrinsic_steps, 1)).item()}
+        self.intrinsic_sum, self.intrinsic_steps = torch.zeros((), device=self.device), 0
+        return out
 
     def action_entropy(self, temperature: float) -> Tensor:
         logits, mask = self.learner.last_logits, self.learner.last_mask
@@ -81,9 +108,17 @@ class PPO:
     def state_dict(self, with_replay: bool = True) -> dict[str, Any]:
         # the rollout is kept whatever `with_replay` says: it is small, and a resume needs it to be exact
         return {"network": self.network.state_dict(), "learner": self.learner.state_dict(),
-                "env_steps": self.env_steps}
+                "env_steps": self.env_steps,
+                "episodic": self.episodic.state_dict() if self.episodic is not None else None,
+                "annealing": self.annealing.state_dict() if self.annealing is not None else None,
+                "intrinsic_sum": self.intrinsic_sum, "intrinsic_steps": self.intrinsic_steps}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.network.load_state_dict(state["network"])
         self.learner.load_state_dict(state["learner"])
         self.env_steps = int(state["env_steps"])
+        if self.episodic is not None and self.annealing is not None:  # both on with curiosity
+            self.episodic.load_state_dict(state["episodic"])
+            self.annealing.load_state_dict(state["annealing"])
+            self.intrinsic_sum = state["intrinsic_sum"].to(self.device)
+            self.intrinsic_steps = int(state["intrinsic_steps"])

@@ -18,14 +18,13 @@ from townlet.explore import (
     EpsilonSchedule,
     EzGreedy,
     Guides,
-    IntrinsicAnnealing,
     VisitCounts,
     agent_epsilons,
 )
 from townlet.explore.shaping import MeterPotential
 from townlet.learn import OnlineTargetLearner
 from townlet.replay import SequenceReplay, TransitionReplay, with_intrinsic
-from townlet.train.algos.base import GreedyPolicy, Step, has_memory, normalised_entropy
+from townlet.train.algos.base import GreedyPolicy, Step, has_memory, make_annealing, normalised_entropy
 from townlet.train.config import RunConfig
 from townlet.world import World
 
@@ -74,11 +73,7 @@ class ValueLearning:
             EzGreedy(world.num_agents, ex.repeat_mu, ex.repeat_max, self.device, self.act_gen)
             if ex.repeat_mu is not None else None
         )
-        self.annealing = (
-            IntrinsicAnnealing(cu.weight, cu.decay, cu.window, cu.variance_threshold, cu.min_survival_fraction,
-                               world.config.max_steps, cu.floor)
-            if cu.enabled else None
-        )
+        self.annealing = make_annealing(config, world)
         self.intrinsic_sum = torch.zeros((), device=self.device)  # summed intrinsic reward this log interval
         self.intrinsic_steps = 0
         self.env_steps = 0
