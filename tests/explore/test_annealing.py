@@ -106,3 +106,11 @@ def test_defaults() -> None:
     assert a.weight == 1.0
     a.observe([300])
     assert a.weight == pytest.approx(0.99)
+
+
+def test_end_interval_observes_the_episodes_and_reports_the_weight_and_the_mean_bonus() -> None:
+    annealing = IntrinsicAnnealing(initial=0.5, decay=0.5, window=2, variance_threshold=10.0, max_steps=100)
+    row = annealing.end_interval([90], torch.tensor(3.0), 4)
+    assert row == {"intrinsic_weight": 0.5, "intrinsic_reward": 0.75}  # window not full yet: no decay
+    row = annealing.end_interval([91, 92], torch.tensor(0.0), 0)  # no steps: no division by zero
+    assert row == {"intrinsic_weight": 0.25, "intrinsic_reward": 0.0} and annealing.decays == 1

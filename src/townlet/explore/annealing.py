@@ -95,6 +95,13 @@ class IntrinsicAnnealing:
             self.decays += 1
         return self._weight
 
+    def end_interval(self, lengths: Sequence[int], intrinsic_total: Tensor, steps: int) -> dict[str, float]:
+        """`observe` a log interval's finished episodes (fed per interval of env steps, a resumed run anneals
+        exactly like an uninterrupted one); returns the metrics row's columns: the weight, and the interval's
+        intrinsic reward per agent-step (`intrinsic_total` over `steps`)."""
+        self.observe(lengths)
+        return {"intrinsic_weight": self._weight, "intrinsic_reward": float(intrinsic_total) / max(steps, 1)}
+
     def state_dict(self) -> dict[str, object]:
         """Weight, window contents and decay count as plain Python values."""
         return {"weight": self._weight, "lengths": list(self._lengths), "decays": self.decays}

@@ -182,10 +182,7 @@ class ValueLearning:
     def end_interval(self, episode_lengths: list[int]) -> dict[str, float]:
         if self.annealing is None:
             return {}
-        # fed at log intervals (env steps), so a resumed run anneals exactly like an uninterrupted one
-        self.annealing.observe(episode_lengths)
-        out = {"intrinsic_weight": self.annealing.weight,
-               "intrinsic_reward": (self.intrinsic_sum / max(self.intrinsic_steps, 1)).item()}
+        out = self.annealing.end_interval(episode_lengths, self.intrinsic_sum, self.intrinsic_steps)
         self.intrinsic_sum, self.intrinsic_steps = torch.zeros((), device=self.device), 0
         return out
 
