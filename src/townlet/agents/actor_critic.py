@@ -106,21 +106,20 @@ class ActorCritic(nn.Module):
         offset = steps - torch.where(starts, steps, 0).cummax(dim=1).values  # [B, T]: step within its segment
         source = (begin.unsqueeze(1) + steps).clamp(max=b * t - 1)  # [G, T]: past a segment's end, ignored
         rows = x.reshape(b * t, f).index_select(0, source.reshape(-1)).view(g, t, f)
-        leading = (begin % t == 0).nonzero().squeeze(1)  # [B]: each agent's first segment
+        by_row = segment.view(b, t)
+        leading, last = by_row[:, 0], by_row[:, -1]  # [B]: each agent's first and last segment
         keep = (~first[:, 0]).to(x.dtype).view(1, b, 1)
         h, c = state
         zeros = x.new_zeros(h.shape[0], g, h.shape[2])
         out, (h_n, c_n) = self.lstm(rows, (zeros.index_copy(1, leading, h * keep),
                                            zeros.index_copy(1, leading, c * keep)))
         out = out.reshape(g * t, -1).index_select(0, segment * t + offset.reshape(-1)).view(b, t, -1)
-        last = torch.cat([leading[1:], leading.new_tensor([g])]) - 1  # [B]: each agent's last segment
         h_n, c_n = h_n.index_select(1, last), c_n.index_select(1, last)
         midway = (last != leading).nonzero().squeeze(1)
         if midway.numel():
-            tails = last.index_select(0, midway)
-            lengths = t - begin.index_select(0, tails) % t
-            packed = pack_padded_sequence(rows.index_select(0, tails), lengths.cpu(), batch_first=True,
-                                          enforce_sorted=False)
+            lengths = offset[:, -1].index_select(0, midway) + 1  # a last segment runs to the row's end
+            packed = pack_padded_sequence(rows.index_select(0, last.index_select(0, midway)), lengths.cpu(),
+                                          batch_first=True, enforce_sorted=False)
             _, (h_tail, c_tail) = self.lstm(packed, (zeros[:, : midway.numel()], zeros[:, : midway.numel()]))
             h_n, c_n = h_n.index_copy(1, midway, h_tail), c_n.index_copy(1, midway, c_tail)
         return out, (h_n, c_n)
