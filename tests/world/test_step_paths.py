@@ -111,3 +111,17 @@ def test_a_held_observation_is_never_overwritten():
     assert all(torch.equal(a, b) for a, b in zip(held, copies, strict=True))
     assert all(torch.equal(v, c) for v, c in views)
 
+
+
+@pytest.mark.parametrize("level", ["L2_partial", "L2_partial_fixed", "L2_memory"])
+def test_windows_indexed_cell_by_cell_equal_the_table_of_windows(level, monkeypatch):
+    """A level whose table of every layout's windows would be too large indexes each window cell by cell;
+    both give the same observations."""
+    table = World(level, 40, seed=3)
+    assert table._window_of_cell is not None
+    monkeypatch.setattr(World, "_WINDOW_TABLE_BYTES", 0)
+    cells = World(level, 40, seed=3)
+    assert cells._window_of_cell is None
+    table.set_random_starts(0.3)
+    cells.set_random_starts(0.3)
+    assert same(trajectory(table, 150, seed=2), trajectory(cells, 150, seed=2))

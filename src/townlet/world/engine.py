@@ -137,6 +137,7 @@ class World:
         self.seed = seed
         self.validate_actions = validate_actions
         self.obs_layout = ObsLayout.for_level(config)
+        self._ones = {}
         self.grid_size = config.grid_size
         self.num_affordances = config.num_affordances
         self.affordance_names = tuple(config.affordance_names)
@@ -320,9 +321,6 @@ class World:
             dy, dx = torch.meshgrid(torch.arange(w), torch.arange(w), indexing="ij")
             self._win_offsets = (dy * gp + dx).reshape(1, w * w).to(self.device)
             self._padded_side = gp
-            # where each row of the window starts in the padded grid, by cell (x, y): (y + dy) * gp + x
-            corner = self._xy_of_cell[:, 1].cpu() * gp + self._xy_of_cell[:, 0].cpu()
-            self._window_rows_of_cell = (corner.view(-1, 1) + torch.arange(w) * gp).to(self.device)  # [G*G, W]
             if obs.window_encoding == "presence":
                 value = torch.where(padded >= 0, 1.0, torch.where(padded == -2, -1.0, 0.0))
                 self._pool_window = value.to(self.device)
@@ -330,11 +328,19 @@ class World:
                 # channel per cell: affordance id, `a` for outside, `a + 1` for empty (written as 0)
                 chan = torch.where(padded >= 0, padded, torch.where(padded == -2, a, a + 1))
                 self._pool_window = chan.to(torch.int16).to(self.device)
-                self._window_channels = torch.arange(a + 1, dtype=torch.int16, device=self.device).view(1, -1, 1)
                 self._window_cells = torch.arange(w * w, device=self.device).view(1, -1)
-            # every run of W cells of the padded grids as a row (overlapping, no copy): one window is W rows
-            flat = self._pool_window.view(-1)
-            self._window_runs = flat.as_strided((flat.numel() - w + 1, w), (1, 1))
+                # the one-hot's columns as [1, C, W*W]: the eager window holds, per cell, the column of its 1
+                channels, area = a + 1, w * w
+                dtype = torch.int16 if (channels + 1) * area <= torch.iinfo(torch.int16).max else torch.int32
+                self._window_columns = torch.arange(channels * area, dtype=dtype, device=self.device)
+                self._window_columns = self._window_columns.view(1, channels, area)
+            # every cell's window of every layout as one row (its values, or the columns of its one-hot's 1s),
+            # so that the eager step gathers one row an agent; a table too large to keep is left out, and the
+            # window is then indexed cell by cell
+            self._window_of_cell = None
+            if pool * g * g * w * w * self._pool_window.element_size() <= self._WINDOW_TABLE_BYTES:
+                windows = self._pool_window.view(pool, gp, gp).unfold(1, w, 1).unfold(2, w, 1)  # [P, G, G, W, W]
+                self._window_of_cell = self._eager_window_(windows.reshape(pool * g * g, w * w))  # a copy
         streams = range(_STREAM_START, _STREAM_START + 2 + len(METER_NAMES))
         # Every draw of a new episode in one pass: layout, spawn cell, then the exploring-start draws.
         offsets = [stream_offset(self.seed, s) for s in (_STREAM_LAYOUT, _STREAM_SPAWN, *streams)]
@@ -572,8 +578,7 @@ class World:
         meters.sub_(shortfall @ self._casc_to_target).clamp_(0.0, 1.0)
 
         # Phase 4: death, reward, counters, clock.
-        empty = torch.lt(meters.index_select(1, self._terminal), k.eps)
-        terminated = empty.any(dim=1)
+        terminated = torch.lt(meters.index_select(1, self._terminal).amin(dim=1), k.eps)  # any meter empty
         steps = self.steps + k.one
         truncated = torch.ge(steps, k.max_steps).gt_(terminated)  # and not terminated
         reward = self._reward(terminated, steps, meters, traced, k)
@@ -772,23 +777,26 @@ class World:
         lay, g = self.obs_layout, self.grid_size
         n = positions.shape[0]
         cell, aff1 = self._locate(positions, layout_id, cell)
-        # (kind, shape, a, b) per field in order: "eq" the one-hot a == b, "div" a / b, "take" the rows b of
-        # table a, "copy" a itself
+        # (kind, shape, a, b) per field in order: "eq" the one-hot a == b (b: its columns in order; a: [N, 1, ...]
+        # the column of each 1), "div" a / b, "take" the rows b of table a, "copy" a itself
         fields: list[tuple[str, tuple[int, ...], torch.Tensor, torch.Tensor | None]] = []
         if lay.is_partial:
             side = self._padded_side
-            if _tracing():  # an index Inductor computes in its loop (no table of rows)
+            traced = _tracing()
+            if self._window_of_cell is not None and not traced:
+                window = self._window_of_cell.index_select(0, torch.add(cell, layout_id, alpha=g * g))  # [N, W*W]
+            else:  # traced, an index Inductor computes in its loop (no table); eagerly, a gather of each cell
                 corner = layout_id * (side * side) + positions[:, 1] * side + positions[:, 0]
                 cells = self._pool_window.view(-1)[corner.unsqueeze(1) + self._win_offsets]
-            else:  # W gathers of W cells each
-                rows = torch.add(self._window_rows_of_cell.index_select(0, cell), layout_id.unsqueeze(1),
-                                 alpha=side * side)
-                cells = self._window_runs.index_select(0, rows.view(-1)).view(n, -1)  # [N, W*W]
+                window = cells if traced else self._eager_window_(cells)
             if lay.window_channels == 1:
-                fields.append(("copy", cells.shape, cells, None))
-            else:  # channel-major one-hot [N, C, W*W]; an empty cell (channel C) writes no 1
-                fields.append(("eq", (n, lay.window_channels, cells.shape[1]), cells.unsqueeze(1),
-                               self._window_channels))
+                fields.append(("copy", window.shape, window, None))
+            elif not traced:  # channel-major one-hot [N, C, W*W] of each cell's column (see `_eager_window_`)
+                columns = self._window_columns
+                fields.append(("eq", (n, *columns.shape[1:]), window.unsqueeze(1), columns))
+            else:
+                fields.append(("window", (n, lay.window_channels * window.shape[1]), window, None))
+            # written right after the window: its first column takes the 1s of empty cells (see `_eager_window_`)
             fields.append(("take", (n, 2), self._position_obs, cell))
         else:
             fields.append(("eq", (n, g * g), cell.unsqueeze(1), self._cell_ids))
@@ -798,17 +806,18 @@ class World:
             fields.append(("take", (n, 2), self._clock, hour))
             fields.append(("div", (n,), progress, self._ticks_float.index_select(0, aff1)))
         if _tracing():
-            first = 0
             parts = []
-            if lay.window_channels > 1:
-                # Inductor would gather each cell once per channel for the comparison; scattering one value
-                # per cell does not (an empty cell, channel C, writes its 0 into the outside channel)
-                channel = cells.long()
-                area = channel.shape[1]
-                index = channel.clamp(max=lay.window_channels - 1) * area + self._window_cells
-                window = torch.zeros(n, lay.window_channels * area, device=cells.device)
-                parts, first = [window.scatter_(1, index, (channel < lay.window_channels).float())], 1
-            parts += [self._field(kind, a, b).float().view(n, -1) for kind, _, a, b in fields[first:]]
+            for kind, _, a, b in fields:
+                if kind == "window":
+                    # Inductor would gather each cell once per channel for a comparison; scattering one value
+                    # per cell does not (an empty cell, channel C, writes its 0 into the outside channel)
+                    channel = a.long()
+                    area, channels = channel.shape[1], lay.window_channels
+                    index = channel.clamp(max=channels - 1) * area + self._window_cells
+                    window = torch.zeros(n, channels * area, device=a.device)
+                    parts.append(window.scatter_(1, index, (channel < channels).float()))
+                else:
+                    parts.append(self._field(kind, a, b).float().view(n, -1))
             return torch.cat(parts, dim=1)
         if n * lay.dim <= self._CONCAT_BELOW:
             # small batches: fewer operations count more than one more pass over a small tensor
@@ -825,6 +834,11 @@ class World:
         start = 0
         for kind, shape, a, b in fields:
             size = math.prod(shape[1:])
+            if kind == "eq":  # with the next field's first column, which takes the 1s of a window's empty cells
+                width = min(size + 1, lay.dim - start)
+                self._write_ones(obs.narrow(1, start, width), size, a.reshape(n, -1).long())
+                start += size
+                continue
             out = obs.narrow(1, start, size).view(shape) if len(shape) != 1 else obs.select(1, start)
             if kind == "copy":
                 out.copy_(a)
@@ -832,6 +846,29 @@ class World:
                 self._field(kind, a, b, out)
             start += size
         return obs
+
+    def _eager_window_(self, cells: torch.Tensor) -> torch.Tensor:
+        """What the eager step reads for windows of `_pool_window` cells [..., W*W], in place on a tensor the
+        caller owns: presence values as they are; for one-hot types, the column of each cell's 1 in the
+        channel-major one-hot [C * W*W], and for an empty cell (channel C) column C * W*W, just past the window,
+        which the next field then overwrites. Writing the 1s into a zeroed window is several times faster than
+        comparing every cell with every channel."""
+        channels = self.obs_layout.window_channels
+        if channels == 1:
+            return cells
+        area, first_row = cells.shape[-1], self._window_columns[0, 0]  # the first channel's columns: 0 .. W*W-1
+        cells = cells.to(first_row.dtype)
+        return cells.mul_(area).add_(first_row).clamp_(max=channels * area)
+
+    def _write_ones(self, out: torch.Tensor, size: int, columns: torch.Tensor) -> None:
+        """A one-hot into `out`'s first `size` columns: zeros, then a 1 at each of `columns` [N, K] (for the
+        window, column `size`, the one after it, takes the 1s of empty cells). On a large batch several times
+        faster than comparing every column with its index, which PyTorch runs as many short rows."""
+        out.narrow(1, 0, size).zero_()
+        ones = self._ones.get(columns.shape)
+        if ones is None:
+            ones = self._ones[columns.shape] = torch.ones(columns.shape, device=columns.device)
+        out.scatter_(1, columns, ones)
 
     def _output_buffer(self, n: int, dim: int) -> torch.Tensor:
         """A tensor for a large observation: the one returned last time when nothing refers to it any more
@@ -849,7 +886,9 @@ class World:
         return spare
 
     _spare_output: torch.Tensor | None = None
+    _ones: dict[torch.Size, torch.Tensor]  # kept tensors of 1s to scatter, by shape (set in __init__)
     _CONCAT_BELOW = 1 << 15  # observations of at most this many numbers are concatenated from their fields
+    _WINDOW_TABLE_BYTES = 1 << 27  # the most memory the table of every layout's windows may take
 
     @staticmethod
     def _field(kind: str, a: torch.Tensor, b: torch.Tensor | None, out: torch.Tensor | None = None) -> torch.Tensor:
