@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from tests.world.conftest import make_world, place
-from townlet.world import LEVEL_NAMES, ObsLayout, World, load_level
+from townlet.world import LEVEL_NAMES, LevelConfig, ObsLayout, World, load_level
 
 
 @pytest.mark.parametrize(
@@ -71,25 +71,48 @@ def test_presence_window_at_the_corner():
     assert world.observe()[0, lay["position"].slice].tolist() == [1.0, 1.0]
 
 
-def test_types_window_matches_the_layout_for_random_layouts():
-    world = World("L2_partial", 16, seed=5)
+def crowded_level() -> LevelConfig:
+    """L2_partial on a 10x10 grid with every affordance six times over (84) and a 21x21 window: the window's
+    one-hot has more columns than int16 holds."""
+    base = load_level("L2_partial").model_dump()
+    affordances = [
+        {**a, "name": f"{a['name']}{copy}", "position": [(6 * i + copy) % 10, (6 * i + copy) // 10]}
+        for i, a in enumerate(base["affordances"])
+        for copy in range(6)
+    ]
+    return LevelConfig.model_validate(
+        {**base, "name": "crowded", "grid_size": 10, "layout_pool": 8, "affordances": affordances,
+         "observation": {"view": "partial", "vision_range": 10, "window_encoding": "types"}}
+    )
+
+
+@pytest.mark.parametrize(
+    ("level", "n", "table"),
+    [("L2_partial", 16, True), ("L2_partial", 120, True), ("L2_partial", 120, False), ("L2_memory", 300, True),
+     ("crowded", 30, True), ("crowded", 30, False)],
+    ids=["small-batch", "large-batch", "no-table", "L2_memory", "crowded", "crowded-no-table"],
+)
+def test_types_window_matches_the_layout_for_random_layouts(level, n, table, monkeypatch):
+    """Every cell's channel is hot exactly where the layout says, on small batches (compared) and large ones
+    (written as their 1s), with and without the table of windows."""
+    if not table:
+        monkeypatch.setattr(World, "_WINDOW_TABLE_BYTES", 0)
+    world = World(crowded_level() if level == "crowded" else level, n, seed=5)
+    assert (world._window_of_cell is not None) == table
+    world.step(torch.randint(0, 5, (n,), generator=torch.Generator().manual_seed(1)))  # agents spread out
     obs = world.observe()
-    lay = world.obs_layout
+    lay, g = world.obs_layout, world.grid_size
     c, w = lay.window_channels, lay.window_side
-    assert (c, w) == (15, 5)
-    grid = world.affordance_grid()
-    for i in range(16):
-        window = obs[i, lay["window"].slice].view(c, w, w)
+    assert c == world.num_affordances + 1
+    r = w // 2
+    padded = torch.full((n, g + 2 * r, g + 2 * r), c - 1)  # the outside channel
+    padded[:, r : r + g, r : r + g] = world.affordance_grid()  # id, or -1 where empty
+    hot = torch.nn.functional.one_hot(padded + 1, c + 1)[..., 1:].permute(0, 3, 1, 2).float()  # [N, C, G+2r, G+2r]
+    for i in range(n):
         x, y = world.positions[i].tolist()
-        for row in range(w):
-            for col in range(w):
-                gx, gy = x + col - 2, y + row - 2
-                hot = torch.zeros(c)
-                if not (0 <= gx < 8 and 0 <= gy < 8):
-                    hot[c - 1] = 1  # outside channel
-                elif grid[i, gy, gx] >= 0:
-                    hot[grid[i, gy, gx]] = 1
-                assert torch.equal(window[:, row, col], hot), (i, row, col)
+        window = obs[i, lay["window"].slice].view(c, w, w)
+        assert torch.equal(window, hot[i, :, y : y + w, x : x + w]), i
+    assert obs[:, lay["position"].slice].mul(g - 1).round().long().tolist() == world.positions.tolist()
 
 
 def test_random_layouts_are_distinct_cells_and_positions_agree():
