@@ -851,8 +851,7 @@ class World:
         """What the eager step reads for windows of `_pool_window` cells [..., W*W], in place on a tensor the
         caller owns: presence values as they are; for one-hot types, the column of each cell's 1 in the
         channel-major one-hot [C * W*W], and for an empty cell (channel C) column C * W*W, just past the window,
-        which the next field then overwrites. Writing the 1s into a zeroed window is several times faster than
-        comparing every cell with every channel."""
+        which the next field then overwrites (see `_write_ones`)."""
         channels = self.obs_layout.window_channels
         if channels == 1:
             return cells
@@ -862,8 +861,8 @@ class World:
 
     def _write_ones(self, out: torch.Tensor, size: int, columns: torch.Tensor) -> None:
         """A one-hot into `out`'s first `size` columns: zeros, then a 1 at each of `columns` [N, K] (for the
-        window, column `size`, the one after it, takes the 1s of empty cells). On a large batch several times
-        faster than comparing every column with its index, which PyTorch runs as many short rows."""
+        window, column `size`, the one after it, takes the 1s of empty cells). On a large batch this beats
+        comparing every column with its index, which PyTorch runs as many short rows (docs/speed.md)."""
         out.narrow(1, 0, size).zero_()
         ones = self._ones.get(columns.shape)
         if ones is None:
