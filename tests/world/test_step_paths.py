@@ -112,7 +112,6 @@ def test_a_held_observation_is_never_overwritten():
     assert all(torch.equal(v, c) for v, c in views)
 
 
-
 @pytest.mark.parametrize("level", ["L2_partial", "L2_partial_fixed", "L2_memory"])
 def test_windows_indexed_cell_by_cell_equal_the_table_of_windows(level, monkeypatch):
     """A level whose table of every layout's windows would be too large indexes each window cell by cell;

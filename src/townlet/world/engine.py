@@ -332,8 +332,8 @@ class World:
                 # the one-hot's columns as [1, C, W*W]: the eager window holds, per cell, the column of its 1
                 channels, area = a + 1, w * w
                 dtype = torch.int16 if (channels + 1) * area <= torch.iinfo(torch.int16).max else torch.int32
-                self._window_columns = torch.arange(channels * area, dtype=dtype, device=self.device)
-                self._window_columns = self._window_columns.view(1, channels, area)
+                columns = torch.arange(channels * area, dtype=dtype, device=self.device)
+                self._window_columns = columns.view(1, channels, area)
             # every cell's window of every layout as one row (its values, or the columns of its one-hot's 1s),
             # so that the eager step gathers one row an agent; a table too large to keep is left out, and the
             # window is then indexed cell by cell
