@@ -49,8 +49,12 @@ def _plain_world():
     if not (YARDSTICK / "plain_world.py").exists():
         return None
     sys.path.insert(0, str(YARDSTICK))
+    threads = torch.get_num_threads()
     import plain_world  # the yardstick lives outside the package, in ../shared/bench
 
+    # importing it sets torch's threads for the whole process: a trial that reads the yardstick before training
+    # would then train with more threads than its share of the machine (two trials on two cores: 4 threads)
+    torch.set_num_threads(threads)
     return plain_world
 
 

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from tests.benchmark_scripts import BENCHMARKS, load_script
 from tests.train.runs import make_run
@@ -252,3 +254,19 @@ def test_several_levels_get_an_overview_plot_and_replot_rewrites_from_json(tmp_p
     assert record_curve({"curve": stored, "run_dir": "gone"})["survival"].tolist() == [50.0, 60.0]
     from_dir = record_curve({"run_dir": str(run_dir)})
     assert len(from_dir["survival"]) > 0 and len(record_curve({"run_dir": "gone"})["survival"]) == 0
+
+
+def test_reading_the_yardstick_keeps_the_trials_torch_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A trial sets its share of threads, then reads the yardstick (../shared/bench) before training; the
+    yardstick's module sets torch's threads when imported, which must not leak into the trial's training."""
+    throughput = load_script("world_throughput")
+    if not (throughput.YARDSTICK / "plain_world.py").exists():
+        pytest.skip("../shared/bench is not beside the project")
+    monkeypatch.delitem(sys.modules, "plain_world", raising=False)  # so that it is imported (and sets threads) again
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        assert throughput.machine_speed(64) > 0
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
