@@ -19,7 +19,8 @@ Every variant learns from the level's reward alone when the level's default run 
 `--lstm-from` takes the `lstm` runs from a `benchmarks/learning.py` results file instead of training them
 again: those are the same default config, level, seeds and budget (checked), so this saves one run per seed.
 `--rerun SEED` trains only that seed (repeatable) and keeps the other seeds' runs of every variant from the
-level's earlier results file, so a seed can be added without retraining the others.
+level's earlier results file, so a seed can be added without retraining the others. `--replot` rewrites the
+level's Markdown, plots and ratios from its results JSON without training.
 
 The runs are Ray Tune trials (`townlet.train.sweep`), one at a time by default (a wall-clock budget is what one
 run gets from the whole machine); `--concurrent K` runs share its cores, and `--address` runs them on a Ray
@@ -33,6 +34,8 @@ import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
+
+import torch
 
 from townlet.config_files import deep_merge
 from townlet.train import open_run
@@ -87,6 +90,38 @@ def fill_memory_wiped(record: dict, agents: int = 250) -> None:
                                               wipe_memory=True)
 
 
+def ratio_interval(records: list[dict], budget: str, other: str, rounds: int = 10_000,
+                   seed: int = 0) -> tuple[float, float, int] | None:
+    """A 95% paired bootstrap interval of mean(lstm) / mean(`other`) at `budget`, over the seeds both variants ran
+    (resampled with replacement, the two variants' runs kept together by seed), and how many seeds that is.
+
+    The seeds of one level differ more than its variants do, so a ratio of means needs its spread beside it.
+    None with fewer than two shared seeds."""
+    by_seed: dict[str, dict[int, float]] = {"lstm": {}, other: {}}
+    for r in records:
+        if r["name"] in by_seed and budget_label(r) == budget:
+            by_seed[r["name"]][r["seed"]] = r["eval"]["survival_mean"]
+    seeds = sorted(by_seed["lstm"].keys() & by_seed[other].keys())
+    if len(seeds) < 2:
+        return None
+    lstm = torch.tensor([by_seed["lstm"][s] for s in seeds], dtype=torch.float64)
+    rest = torch.tensor([by_seed[other][s] for s in seeds], dtype=torch.float64)
+    gen = torch.Generator().manual_seed(seed)
+    pick = torch.randint(len(seeds), (rounds, len(seeds)), generator=gen)
+    ratios = lstm[pick].mean(dim=1) / rest[pick].mean(dim=1)
+    low, high = torch.quantile(ratios, torch.tensor([0.025, 0.975], dtype=torch.float64)).tolist()
+    return low, high, len(seeds)
+
+
+def ratio_text(records: list[dict], budget: str, other: str, ratio: float) -> str:
+    """'1.36× no-memory (95% interval 1.07–1.76, paired bootstrap over 5 seeds)', or without the interval."""
+    interval = ratio_interval(records, budget, other)
+    if interval is None:
+        return f"{ratio:.2f}× {other}"
+    low, high, seeds = interval
+    return f"{ratio:.2f}× {other} (95% interval {low:.2f}–{high:.2f}, paired bootstrap over {seeds} seeds)"
+
+
 def memory_wiped_note(records: list[dict]) -> str:
     """One sentence: each recurrent variant's greedy mean with and without its memory wiped, by seed."""
     parts = []
@@ -118,6 +153,8 @@ def main(argv: list[str] | None = None, execute: Callable[..., SweepOutcome] = r
                         help="of the --seeds, train only this one (repeatable); keep the others' recorded runs")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a run-config field in every variant, as `townlet train --set`")
+    parser.add_argument("--replot", action="store_true",
+                        help="rewrite the level's results Markdown, plots and ratios from its JSON, without training")
     parser.add_argument("--concurrent", type=int, default=1,
                         help="runs at once (default 1: each gets the whole machine, as the wall-clock budgets assume)")
     parser.add_argument("--address", default=None, help="run on this Ray cluster (auto, ray://host:10001)")
@@ -132,6 +169,10 @@ def main(argv: list[str] | None = None, execute: Callable[..., SweepOutcome] = r
         parser.error(f"--concurrent: at least 1, got {args.concurrent}")
     extra = parse_overrides(args.overrides)
     stem = f"memory-ablation-{args.level}"
+    if args.replot:
+        for path in replot(args.out, stem):
+            print(f"wrote {path}")
+        return 0
     kept = kept_records(args.out / f"{stem}.json", args.level, args.minutes, args.rerun, args.steps)
     kept = kept if args.rerun else {}
     reused = {}
@@ -174,6 +215,16 @@ def main(argv: list[str] | None = None, execute: Callable[..., SweepOutcome] = r
     for record in records:
         fill_memory_wiped(record)
     rows = summarize(records)
+    command = "python benchmarks/memory_ablation.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    for path in write_results(args.out, stem, "Memory ablation", records, rows, command, compare=True,
+                              notes=ablation_notes(records, rows)):
+        print(f"wrote {path}")
+    return 1 if outcome.failed else 0
+
+
+def ablation_notes(records: list[dict], rows: list[dict]) -> str:
+    """The LSTM agent against each ablation at every budget (also stored as `lstm_ratio` in `rows`), then what
+    each recurrent agent is worth with its memory wiped."""
     notes = []
     for budget in dict.fromkeys(budget_label(r) for r in rows):
         means = {r["name"]: r["survival_mean"] for r in rows if budget_label(r) == budget}
@@ -183,13 +234,17 @@ def main(argv: list[str] | None = None, execute: Callable[..., SweepOutcome] = r
             if budget_label(row) == budget:
                 row["lstm_ratio"] = means["lstm"] / row["survival_mean"]
         notes.append(f"LSTM against the ablations at {budget} (goal >= 1.30× each): " + ", ".join(
-            f"{means['lstm'] / mean:.2f}× {name}" for name, mean in means.items() if name != "lstm"))
-    notes = "\n\n".join(part for part in (*notes, memory_wiped_note(records)) if part)
-    command = "python benchmarks/memory_ablation.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    for path in write_results(args.out, stem, "Memory ablation", records, rows, command, compare=True,
-                              notes=notes):
-        print(f"wrote {path}")
-    return 1 if outcome.failed else 0
+            ratio_text(records, budget, name, means["lstm"] / mean) for name, mean in means.items() if name != "lstm"))
+    return "\n\n".join(part for part in (*notes, memory_wiped_note(records)) if part)
+
+
+def replot(out: Path, stem: str) -> list[Path]:
+    """Rewrite `<stem>.md`, its plots and the ratios from `<stem>.json` as it stands, without training."""
+    data = json.loads((out / f"{stem}.json").read_text())
+    records = data["runs"]
+    rows = summarize(records)
+    return write_results(out, stem, data["title"], records, rows, data["command"], compare=True,
+                         notes=ablation_notes(records, rows), machine_note=data["machine"], date=data["date"])
 
 
 if __name__ == "__main__":

@@ -222,6 +222,49 @@ def test_ablation_rerun_keeps_only_this_budget_and_refuses_what_it_cannot_keep(t
         ablation.main(["--seeds", "2", "--rerun", "1", "--out", str(tmp_path)])
 
 
+def test_ablation_ratio_interval_pairs_the_variants_by_seed() -> None:
+    ablation = load_script("memory_ablation")
+    # every seed's LSTM agent lives 1.5x its memoryless one: every resample gives 1.5, however the seeds differ
+    steady = [record("lstm", s, 1.5 * m) for s, m in enumerate((200.0, 300.0, 450.0 / 1.5))]
+    steady += [record("no-memory", s, m) for s, m in enumerate((200.0, 300.0, 450.0 / 1.5))]
+    low, high, seeds = ablation.ratio_interval(steady, "5 min", "no-memory")
+    assert (low, high, seeds) == (pytest.approx(1.5), pytest.approx(1.5), 3)
+    # seeds that disagree widen it around the ratio of the means; unpaired seeds and other budgets stay out
+    mixed = [record("lstm", 0, 400.0), record("lstm", 1, 300.0), record("lstm", 2, 500.0),
+             record("no-memory", 0, 200.0), record("no-memory", 1, 300.0),
+             {**record("no-memory", 2, 50.0), "minutes": 15.0}, record("zero-state", 0, 100.0)]
+    low, high, seeds = ablation.ratio_interval(mixed, "5 min", "no-memory")
+    assert seeds == 2 and low == pytest.approx(1.0) and high == pytest.approx(2.0)
+    assert low < 700.0 / 500.0 < high
+    assert ablation.ratio_interval(mixed, "5 min", "zero-state") is None  # one shared seed: no interval
+    assert ablation.ratio_interval(mixed, "5 min", "no-memory", seed=1) == ablation.ratio_interval(
+        mixed, "5 min", "no-memory", seed=1)  # seeded: the same interval every time
+    assert ablation.ratio_text(mixed, "5 min", "no-memory", 1.4) == (
+        "1.40× no-memory (95% interval 1.00–2.00, paired bootstrap over 2 seeds)")
+    assert ablation.ratio_text(mixed, "5 min", "zero-state", 4.0) == "4.00× zero-state"
+
+
+def test_ablation_replot_rewrites_the_ratios_from_the_json_without_training(tmp_path: Path) -> None:
+    ablation = load_script("memory_ablation")
+    runs = [record("lstm", 0, 400.0), record("lstm", 1, 300.0), record("no-memory", 0, 200.0),
+            record("no-memory", 1, 300.0)]
+    stored = {"title": "Memory ablation", "command": "python benchmarks/memory_ablation.py --level L1_full",
+              "machine": "the machine of then", "date": "then", "notes": "stale", "rows": [], "runs": runs}
+    (tmp_path / "memory-ablation-L1_full.json").write_text(json.dumps(stored))
+
+    def no_training(*args: object, **kwargs: object) -> SweepOutcome:
+        raise AssertionError("--replot must not train")
+
+    assert ablation.main(["--level", "L1_full", "--replot", "--out", str(tmp_path)], execute=no_training) == 0
+    md = (tmp_path / "memory-ablation-L1_full.md").read_text()
+    assert "`python benchmarks/memory_ablation.py --level L1_full` on the machine of then, then." in md
+    assert ("at 5 min (goal >= 1.30× each): 1.40× no-memory (95% interval 1.00–2.00, paired bootstrap over 2 "
+            "seeds)") in md
+    data = json.loads((tmp_path / "memory-ablation-L1_full.json").read_text())
+    assert [row["lstm_ratio"] for row in data["rows"]] == [pytest.approx(1.0), pytest.approx(1.4)]
+    assert data["runs"] == runs and data["notes"] != "stale"
+
+
 def test_several_levels_get_an_overview_plot_and_replot_rewrites_from_json(tmp_path: Path) -> None:
     run_dir = make_run(tmp_path / "tiny")
     records = []
