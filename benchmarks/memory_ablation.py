@@ -95,8 +95,8 @@ def ratio_interval(records: list[dict], budget: str, other: str, rounds: int = 1
     """A 95% paired bootstrap interval of mean(lstm) / mean(`other`) at `budget`, over the seeds both variants ran
     (resampled with replacement, the two variants' runs kept together by seed), and how many seeds that is.
 
-    The seeds of one level differ more than its variants do, so a ratio of means needs its spread beside it.
-    None with fewer than two shared seeds."""
+    Seeds can differ more than variants do, so a ratio of means needs its spread beside it. None with fewer
+    than two shared seeds."""
     by_seed: dict[str, dict[int, float]] = {"lstm": {}, other: {}}
     for r in records:
         if r["name"] in by_seed and budget_label(r) == budget:
@@ -114,7 +114,7 @@ def ratio_interval(records: list[dict], budget: str, other: str, rounds: int = 1
 
 
 def ratio_text(records: list[dict], budget: str, other: str, ratio: float) -> str:
-    """'1.36× no-memory (95% interval 1.07–1.76, paired bootstrap over 5 seeds)', or without the interval."""
+    """'<ratio>× <other> (95% interval <low>–<high>, paired bootstrap over <n> seeds)', or without the interval."""
     interval = ratio_interval(records, budget, other)
     if interval is None:
         return f"{ratio:.2f}× {other}"
