@@ -58,18 +58,28 @@ def test_invalid_adversarial_configs(kwargs: dict[str, object]) -> None:
         AdversarialCurriculum(**{"num_agents": 2, **kwargs})  # type: ignore[arg-type]
 
 
-def test_advance_needs_both_survival_and_low_entropy() -> None:
-    decisive_but_dying = AdversarialCurriculum(1, window=4, min_episodes=4)
+def test_with_a_gate_advance_needs_both_survival_and_low_entropy() -> None:
+    decisive_but_dying = AdversarialCurriculum(1, window=4, min_episodes=4, entropy_gate=0.5)
     for outcome in (True, False, True, False):  # survival 0.5: between retreat (0.3) and advance (0.7)
         episode(decisive_but_dying, [True], [outcome], [0.1])
-    surviving_but_random = AdversarialCurriculum(1, window=4, min_episodes=4)
+    surviving_but_random = AdversarialCurriculum(1, window=4, min_episodes=4, entropy_gate=0.5)
     assert run(surviving_but_random, 6, survived=True, entropy=0.9) == [False] * 6
     for cur in (decisive_but_dying, surviving_but_random):
         assert cur.stage.tolist() == [0]
+    assert "entropy < 0.5" in surviving_but_random.describe()
 
-    good = AdversarialCurriculum(1, window=4, min_episodes=4)
+    good = AdversarialCurriculum(1, window=4, min_episodes=4, entropy_gate=0.5)
     assert run(good, 4, survived=True, entropy=0.2) == [False, False, False, True]
     assert good.stage.tolist() == [1]
+
+
+def test_the_default_gate_is_open_even_to_a_uniform_policy() -> None:
+    # a value learner's softmax over Q is near uniform; by default survival alone decides
+    cur = AdversarialCurriculum(1, window=4, min_episodes=4)
+    assert run(cur, 4, survived=True, entropy=1.0) == [False, False, False, True]
+    assert cur.stage.tolist() == [1] and "entropy" not in cur.describe()
+    assert run(cur, 4, survived=False, entropy=0.0) == [False, False, False, True]  # retreat does not read it
+    assert cur.stage.tolist() == [0]
 
 
 def test_min_episodes_is_respected_even_with_a_full_window() -> None:
@@ -121,7 +131,7 @@ def test_window_and_count_reset_after_a_stage_change() -> None:
 
 
 def test_agents_are_independent() -> None:
-    cur = AdversarialCurriculum(4, window=3, min_episodes=3, start_stage=2)
+    cur = AdversarialCurriculum(4, window=3, min_episodes=3, start_stage=2, entropy_gate=0.5)
     nan = float("nan")
     for _ in range(3):
         changed = episode(

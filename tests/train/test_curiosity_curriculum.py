@@ -28,9 +28,11 @@ def short_level(tmp_path: Path) -> str:
     return str(path)
 
 
-def test_agents_advance_a_stage_and_the_world_follows(tmp_path):
+@pytest.mark.parametrize("gate", [{}, {"entropy_gate": 0.9, "temperature": 0.01}], ids=["default-open", "gated"])
+def test_agents_advance_a_stage_and_the_world_follows(tmp_path, gate):
+    curriculum = {"kind": "adversarial", "window": 3, "min_episodes": 3, **gate}
     config = load_run_config("L0_minimal", {**FAST, "level": short_level(tmp_path), "steps": 3200,
-                                            "curriculum": CURRICULUM})
+                                            "curriculum": curriculum})
     trainer = Trainer(config, tmp_path / "run")
     assert torch.all(trainer.world.depletion == 0.2)  # stage 0 applied before the first step
     trainer.run()

@@ -168,10 +168,15 @@ class AdversarialCurriculum(Curriculum):
 
     Per agent, a ring holds the outcomes (survived 1/0) and entropies of its last `window` episodes in its
     current stage. Once it has played at least `min_episodes` there, at the end of an episode it
-    - advances one stage when the survival rate over the window is >= `advance_rate` and the mean entropy
-      is < `entropy_gate` (the policy has become decisive, not lucky), unless it is at the last stage;
+    - advances one stage when the survival rate over the window is >= `advance_rate` (and, with an
+      `entropy_gate` below 1, the mean entropy is < `entropy_gate`: the policy has become decisive, not lucky),
+      unless it is at the last stage;
     - retreats one stage when the survival rate is < `retreat_rate`, unless it is at stage 0.
     A stage change clears that agent's ring and episode count.
+
+    The gate is open (1) by default because it reads a softmax over the network's outputs: a policy's logits
+    suit it, but a value learner's Q-values of one state differ by a small fraction of their scale, so their
+    softmax stays near uniform at any one temperature, and a gate below 1 would hold every agent at stage 0.
     """
 
     kind = "adversarial"
@@ -183,7 +188,7 @@ class AdversarialCurriculum(Curriculum):
         window: int = 20,
         advance_rate: float = 0.7,
         retreat_rate: float = 0.3,
-        entropy_gate: float = 0.5,
+        entropy_gate: float = 1.0,
         min_episodes: int = 10,
         start_stage: int = 0,
         device: str | torch.device = "cpu",
@@ -233,7 +238,9 @@ class AdversarialCurriculum(Curriculum):
 
         ready = done & (self.episodes >= self.min_episodes)
         rate = self.survival_rate()
-        advance = ready & (rate >= self.advance_rate) & (self.mean_entropy() < self.entropy_gate)
+        advance = ready & (rate >= self.advance_rate)
+        if self.entropy_gate < 1.0:  # 1 is open: a uniform policy (entropy exactly 1) advances too
+            advance &= self.mean_entropy() < self.entropy_gate
         advance &= self.stage < self.num_stages - 1
         retreat = ready & (rate < self.retreat_rate) & (self.stage > 0)
         changed = advance | retreat
@@ -260,10 +267,10 @@ class AdversarialCurriculum(Curriculum):
         self.episodes = self._checked(state, "episodes", self.episodes)
 
     def describe(self) -> str:
+        gate = f" and entropy < {self.entropy_gate:g}" if self.entropy_gate < 1.0 else ""
         return (
-            f"{super().describe()}; advance at survival >= {self.advance_rate:g} and entropy < "
-            f"{self.entropy_gate:g}, retreat at survival < {self.retreat_rate:g}, over the last {self.window} "
-            f"episodes (at least {self.min_episodes}) in a stage"
+            f"{super().describe()}; advance at survival >= {self.advance_rate:g}{gate}, retreat at survival < "
+            f"{self.retreat_rate:g}, over the last {self.window} episodes (at least {self.min_episodes}) in a stage"
         )
 
     def _filled(self) -> torch.Tensor:

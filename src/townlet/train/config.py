@@ -179,14 +179,15 @@ class CuriosityConfig(_Strict):
 
 class CurriculumConfig(_Strict):
     """`static`: full difficulty. `adversarial`: five stages per agent, from depletion 0.2 with `shaped`
-    reward to the real game; advance on survival >= advance_rate with policy entropy < entropy_gate,
-    retreat on survival < retreat_rate, after min_episodes in a stage."""
+    reward to the real game; advance on survival >= advance_rate (with entropy_gate < 1, also policy entropy <
+    entropy_gate; 1, the default, is open: see `AdversarialCurriculum`), retreat on survival < retreat_rate,
+    after min_episodes in a stage."""
 
     kind: Literal["static", "adversarial"] = "static"
     window: int = Field(default=20, ge=1)
     advance_rate: float = Field(default=0.7, ge=0.0, le=1.0)
     retreat_rate: float = Field(default=0.3, ge=0.0, le=1.0)
-    entropy_gate: float = Field(default=0.5, ge=0.0, le=1.0)
+    entropy_gate: float = Field(default=1.0, gt=0.0, le=1.0)
     min_episodes: int = Field(default=10, ge=1)
     temperature: float = Field(default=1.0, gt=0.0, description="softmax temperature of Q for policy entropy")
 
