@@ -34,6 +34,12 @@ def test_agents_advance_a_stage_and_the_world_follows(tmp_path, gate):
     config = load_run_config("L0_minimal", {**FAST, "level": short_level(tmp_path), "steps": 3200,
                                             "curriculum": curriculum})
     trainer = Trainer(config, tmp_path / "run")
+    assert trainer.curriculum.gated == bool(gate)
+    if not gate:  # an open gate reads no entropy: none is computed on any step
+        def no_entropy(temperature: float) -> torch.Tensor:
+            raise AssertionError("action_entropy called with the gate open")
+
+        trainer.algorithm.action_entropy = no_entropy
     assert torch.all(trainer.world.depletion == 0.2)  # stage 0 applied before the first step
     trainer.run()
     stage = trainer.curriculum.stage

@@ -217,6 +217,11 @@ class AdversarialCurriculum(Curriculum):
         self.episodes = torch.zeros(num_agents, dtype=torch.long, device=dev)  # episodes in the current stage
         self._slots = torch.arange(window, device=dev).view(1, -1)
 
+    @property
+    def gated(self) -> bool:
+        """Whether advancing reads the policy's entropy (a gate below 1; at 1 even a uniform policy advances)."""
+        return self.entropy_gate < 1.0
+
     def survival_rate(self) -> torch.Tensor:
         """[N] survival rate over each agent's window (0 before its first episode in the stage)."""
         return self.survived.sum(dim=1) / self._filled()
@@ -239,7 +244,7 @@ class AdversarialCurriculum(Curriculum):
         ready = done & (self.episodes >= self.min_episodes)
         rate = self.survival_rate()
         advance = ready & (rate >= self.advance_rate)
-        if self.entropy_gate < 1.0:  # 1 is open: a uniform policy (entropy exactly 1) advances too
+        if self.gated:
             advance &= self.mean_entropy() < self.entropy_gate
         advance &= self.stage < self.num_stages - 1
         retreat = ready & (rate < self.retreat_rate) & (self.stage > 0)
@@ -267,7 +272,7 @@ class AdversarialCurriculum(Curriculum):
         self.episodes = self._checked(state, "episodes", self.episodes)
 
     def describe(self) -> str:
-        gate = f" and entropy < {self.entropy_gate:g}" if self.entropy_gate < 1.0 else ""
+        gate = f" and entropy < {self.entropy_gate:g}" if self.gated else ""
         return (
             f"{super().describe()}; advance at survival >= {self.advance_rate:g}{gate}, retreat at survival < "
             f"{self.retreat_rate:g}, over the last {self.window} episodes (at least {self.min_episodes}) in a stage"

@@ -170,7 +170,8 @@ class Trainer:
         algo.store(Step(self.obs, self.mask, actions, reward, terminated, truncated, next_obs, next_mask,
                         final_obs, info["final_mask"], self.env_steps))
         if isinstance(self.curriculum, AdversarialCurriculum):
-            self.entropy_sum += algo.action_entropy(self.config.curriculum.temperature)
+            if self.curriculum.gated:  # otherwise entropy_sum stays 0 and nothing reads it
+                self.entropy_sum += algo.action_entropy(self.config.curriculum.temperature)
             self.curriculum.update(done, truncated, self.entropy_sum / info["episode_length"].clamp(min=1))
             self.curriculum.apply(world)  # new stages reach the world from each agent's next episode
             self.entropy_sum = torch.where(done, 0.0, self.entropy_sum)
