@@ -269,14 +269,32 @@ def test_every_level_default_learns_from_reward_alone_and_demonstrations_are_opt
         assert not taught.learner.value_rescale and taught.exploration.repeat_mu is None
         assert taught.exploration.spread == 0 and taught.exploration.end == 0.02
         assert not taught.curiosity.enabled
-        same = {"guides", "curiosity", "exploration", "learner"}
+        assert taught.curriculum.kind == "static"
+        same = {"guides", "curiosity", "exploration", "learner", "curriculum"}
         assert taught.model_dump(exclude=same) == free.model_dump(exclude=same)
         assert taught.learner.model_dump(exclude={"value_rescale"}) == free.learner.model_dump(
             exclude={"value_rescale"})
     names = {p.stem for p in (resources.files("townlet.train") / "configs").iterdir() if p.name.endswith(".yaml")}
     assert set(LEVEL_NAMES) <= names  # every level has a default run config
+    # L2_partial climbs the curriculum; L2_memory keeps the static world its memory ablation was measured on
     memory, partial = load_run_config("L2_memory"), load_run_config("L2_partial")
-    assert memory.level == "L2_memory" and memory.model_dump(exclude={"level"}) == partial.model_dump(exclude={"level"})
+    assert partial.curriculum.kind == "adversarial" and memory.curriculum.kind == "static"
+    assert memory.level == "L2_memory"
+    assert memory.model_dump(exclude={"level", "curriculum"}) == partial.model_dump(exclude={"level", "curriculum"})
+
+
+def test_l2_partial_default_starts_every_agent_on_the_gentlest_stage_and_l2_memory_on_the_real_game():
+    """L2_partial's default climbs the curriculum from a fifth of the drain; L2_memory's plays the real game."""
+    from townlet.curriculum import AdversarialCurriculum, StaticCurriculum
+    from townlet.train.runner import build_run
+
+    small = {"agents": 4, "compile_world": False}
+    partial = build_run(load_run_config("L2_partial").model_copy(update=small))
+    assert isinstance(partial.curriculum, AdversarialCurriculum) and (partial.curriculum.stage == 0).all()
+    assert torch.allclose(partial.world.depletion, torch.full((4,), 0.2))
+    memory = build_run(load_run_config("L2_memory").model_copy(update=small))
+    assert isinstance(memory.curriculum, StaticCurriculum)
+    assert torch.allclose(memory.world.depletion, torch.ones(4))
 
 
 def test_cli_train_resume_and_eval(tmp_path):
