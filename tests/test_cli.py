@@ -184,6 +184,20 @@ def test_train_a_level_file_without_a_terminal_prints_progress_lines_and_a_summa
     assert "training L0_minimal with 3 agents" in result.output
 
 
+def test_train_with_the_curriculum_says_training_survival_is_on_the_agents_stages(tmp_path):
+    """A curriculum's training survival comes from easier worlds: the start and summary lines say so."""
+    result = invoke("train", "L0_minimal", "--steps", "64", "--agents", "4", "--out", str(tmp_path / "run"),
+                    "--set", "curriculum.kind=adversarial", "--set", "logging.tensorboard=false")
+    assert result.exit_code == 0, result.output
+    assert "each agent climbs the curriculum's stages 0 to 4 (stage 4 is the real game)" in result.output
+    summary = [line for line in result.output.splitlines() if line.startswith("done: 64 agent-steps")]
+    assert len(summary) == 1 and summary[0].endswith("; mean curriculum stage 0.00 of 4")
+    result = invoke("train", "L0_minimal", "--steps", "64", "--agents", "4", "--out", str(tmp_path / "static"),
+                    "--set", "logging.tensorboard=false")
+    assert result.exit_code == 0, result.output
+    assert "climbs the curriculum" not in result.output and "curriculum stage" not in result.output
+
+
 def test_errors_go_to_stderr_and_results_to_stdout(tmp_path):
     result = invoke("policies", str(Path(tmp_path) / "none.yaml"))
     assert result.stdout == "" and result.stderr.startswith("error: ")

@@ -267,10 +267,15 @@ def train(
     count = int(scripted.sum()) if scripted is not None else 0
     guided = f" ({count} of them follow the scripted {config.guides.policy} policy)" if count else ""
     _say(f"training {config.level} with {config.agents} agents{guided} -> {run_dir}")
+    climbing = config.curriculum.kind == "adversarial"
+    top = trainer.curriculum.num_stages - 1
+    if climbing:  # training survival is then on easier worlds than the one `eval` plays
+        _say(f"each agent climbs the curriculum's stages 0 to {top} (stage {top} is the real game); training "
+             "survival is on each agent's own stage, `townlet eval` plays the real game")
     with _live_view(trainer, serve_port) if serve_ else contextlib.nullcontext():
         last = _run_with_display(trainer, quiet or not sys.stdout.isatty())
     if last is not None:
-        _say(_summary_line(last))
+        _say(_summary_line(last) + (f"; mean curriculum stage {last.stage:.2f} of {top}" if climbing else ""))
     _say(f"checkpoint written; resume with: townlet train --resume {run_dir}")
     _say(f"evaluate with: townlet eval {run_dir}    report: townlet report {run_dir}")
 
