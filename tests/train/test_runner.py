@@ -276,25 +276,23 @@ def test_every_level_default_learns_from_reward_alone_and_demonstrations_are_opt
             exclude={"value_rescale"})
     names = {p.stem for p in (resources.files("townlet.train") / "configs").iterdir() if p.name.endswith(".yaml")}
     assert set(LEVEL_NAMES) <= names  # every level has a default run config
-    # L2_partial climbs the curriculum; L2_memory keeps the static world its memory ablation was measured on
+    # L2_memory is L2_partial's learner, curriculum included, without the episodic exploration bonus
     memory, partial = load_run_config("L2_memory"), load_run_config("L2_partial")
-    assert partial.curriculum.kind == "adversarial" and memory.curriculum.kind == "static"
+    assert partial.curriculum.kind == memory.curriculum.kind == "adversarial"
+    assert partial.curiosity.enabled and not memory.curiosity.enabled
     assert memory.level == "L2_memory"
-    assert memory.model_dump(exclude={"level", "curriculum"}) == partial.model_dump(exclude={"level", "curriculum"})
+    assert memory.model_dump(exclude={"level", "curiosity"}) == partial.model_dump(exclude={"level", "curiosity"})
 
 
-def test_l2_partial_default_starts_every_agent_on_the_gentlest_stage_and_l2_memory_on_the_real_game():
-    """L2_partial's default climbs the curriculum from a fifth of the drain; L2_memory's plays the real game."""
-    from townlet.curriculum import AdversarialCurriculum, StaticCurriculum
+@pytest.mark.parametrize("level", ["L2_partial", "L2_memory"])
+def test_partial_view_defaults_start_every_agent_on_the_gentlest_stage(level):
+    """The random-layout defaults climb the curriculum from a fifth of the drain, the real game its last stage."""
+    from townlet.curriculum import AdversarialCurriculum
     from townlet.train.runner import build_run
 
-    small = {"agents": 4, "compile_world": False}
-    partial = build_run(load_run_config("L2_partial").model_copy(update=small))
-    assert isinstance(partial.curriculum, AdversarialCurriculum) and (partial.curriculum.stage == 0).all()
-    assert torch.allclose(partial.world.depletion, torch.full((4,), 0.2))
-    memory = build_run(load_run_config("L2_memory").model_copy(update=small))
-    assert isinstance(memory.curriculum, StaticCurriculum)
-    assert torch.allclose(memory.world.depletion, torch.ones(4))
+    run = build_run(load_run_config(level).model_copy(update={"agents": 4, "compile_world": False}))
+    assert isinstance(run.curriculum, AdversarialCurriculum) and (run.curriculum.stage == 0).all()
+    assert torch.allclose(run.world.depletion, torch.full((4,), 0.2))
 
 
 def test_cli_train_resume_and_eval(tmp_path):

@@ -16,7 +16,7 @@ from townlet.world import LEVEL_NAMES, LevelConfig, ObsLayout, World, load_level
         ("L1_full", 87),
         ("L2_partial", 400),
         ("L2_partial_fixed", 50),
-        ("L2_memory", 160),
+        ("L2_memory", 80),
         ("L3_temporal", 403),
     ],
 )

@@ -249,7 +249,8 @@ def test_recall_walks_back_to_what_it_saw_where_the_sweep_keeps_to_its_round():
 
 def test_memory_is_worth_survival_to_a_policy_that_searches_well_on_l2_memory_only():
     """Sweeping with and without memory: on L2_partial the round finds everything soon enough (memory is worth
-    little), on L2_memory (3x3 window, walking twice as dear) memory is worth well over 1.3x the survival."""
+    little), on L2_memory (3x3 window, walking twice as dear, one place per need) memory is worth well over 1.3x the
+    survival."""
     means = {}
     for level in ("L2_partial", "L2_memory"):
         for name in ("needs-sweep", "needs-recall"):
